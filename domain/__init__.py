@@ -1,0 +1,1 @@
+"""The golden path itself: pure Python, no transport, database or DI library."""

@@ -1,0 +1,149 @@
+"""The agent loop: ask the model, run the tools it asks for, feed results back, stream the answer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from domain.context import UserExecutionContext
+from domain.errors import ModelError
+from domain.events import EventType, RunEventEmitter
+from domain.llm import (
+    ChatMessage,
+    ModelRequest,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    UsageReport,
+)
+from domain.ports import ChatModel
+from domain.tools import ToolBox
+
+SYSTEM_PROMPT = (
+    "You are goldenpath's assistant. Use the tools when they help: the calculator for arithmetic, "
+    "current_time for the date and time, save_note and search_notes for what the user asks you to "
+    "remember. Answer briefly."
+)
+
+
+@dataclass(slots=True)
+class RunState:
+    """Everything one run accumulates; owned by exactly one engine."""
+
+    conversation: list[ChatMessage] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    steps: int = 0
+    answer: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(slots=True)
+class _Step:
+    text: list[str] = field(default_factory=list)
+    calls: dict[int, dict[str, str]] = field(default_factory=dict)
+
+
+def _thinking_text(state: RunState) -> str:
+    if state.steps == 0:
+        return "Reading your message"
+    last = {call.name for call in state.tool_calls}
+    return f"Reading the result of {', '.join(sorted(last))}" if last else "Thinking"
+
+
+async def run_agent(
+    *,
+    context: UserExecutionContext,
+    model: ChatModel,
+    toolbox: ToolBox,
+    emitter: RunEventEmitter,
+    state: RunState,
+    max_steps: int,
+) -> str:
+    """Run the loop to an answer; raises ModelError when the model fails or never answers."""
+    state.conversation.insert(0, ChatMessage(role="system", content=SYSTEM_PROMPT))
+    while state.steps < max_steps:
+        await emitter.emit(EventType.AGENT_THINKING, {"text": _thinking_text(state)})
+        step = await _ask_model(model, toolbox, emitter, state)
+        state.steps += 1
+        if not step.calls:
+            return "".join(state.answer)
+        calls = _assemble_calls(step, state)
+        state.conversation.append(
+            ChatMessage(role="assistant", content="".join(step.text), tool_calls=calls)
+        )
+        for call in calls:
+            await _run_tool(context, toolbox, emitter, state, call)
+    raise ModelError(f"The agent used all {max_steps} of its steps without reaching an answer.",
+                     code="step_limit")
+
+
+async def _ask_model(
+    model: ChatModel, toolbox: ToolBox, emitter: RunEventEmitter, state: RunState
+) -> _Step:
+    step = _Step()
+    state.usage.model_calls += 1
+    request = ModelRequest(messages=tuple(state.conversation), tools=toolbox.specs)
+    async for chunk in model.stream(request):
+        if isinstance(chunk, TextDelta):
+            if chunk.text:
+                step.text.append(chunk.text)
+                state.answer.append(chunk.text)
+                await emitter.emit(EventType.AGENT_MESSAGE_DELTA, {"delta": chunk.text})
+        elif isinstance(chunk, ReasoningDelta):
+            if chunk.text:
+                await emitter.emit(EventType.AGENT_THINKING, {"text": chunk.text})
+        elif isinstance(chunk, ToolCallDelta):
+            pieces = step.calls.setdefault(chunk.index, {"id": "", "name": "", "arguments": ""})
+            pieces["id"] = chunk.id or pieces["id"]
+            pieces["name"] = chunk.name or pieces["name"]
+            pieces["arguments"] += chunk.arguments
+        elif isinstance(chunk, UsageReport):
+            state.usage.prompt_tokens += chunk.prompt_tokens
+            state.usage.completion_tokens += chunk.completion_tokens
+        else:
+            raise ModelError(f"The model sent something the agent cannot read ({type(chunk).__name__}).",
+                             code="model_bad_output")
+    return step
+
+
+def _assemble_calls(step: _Step, state: RunState) -> tuple[ToolCall, ...]:
+    calls = []
+    for index in sorted(step.calls):
+        pieces = step.calls[index]
+        if not pieces["name"]:
+            raise ModelError("The model asked for a tool without naming it.", code="model_bad_output")
+        call_id = pieces["id"] or f"call_{state.steps}_{index}"
+        calls.append(ToolCall(id=call_id, name=pieces["name"], arguments=pieces["arguments"]))
+    return tuple(calls)
+
+
+async def _run_tool(
+    context: UserExecutionContext,
+    toolbox: ToolBox,
+    emitter: RunEventEmitter,
+    state: RunState,
+    call: ToolCall,
+) -> None:
+    state.tool_calls.append(call)
+    state.usage.tool_calls += 1
+    try:
+        shown_arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+    except json.JSONDecodeError:
+        shown_arguments = call.arguments
+    await emitter.emit(
+        EventType.TOOL_EXECUTING,
+        {"tool_call_id": call.id, "tool": call.name, "arguments": shown_arguments},
+    )
+    outcome = await toolbox.execute(context, call.name, call.arguments)
+    data: dict[str, object] = {"tool_call_id": call.id, "tool": call.name}
+    if outcome.error is None:
+        data["result"] = outcome.result
+        content = json.dumps({"result": outcome.result}, default=str)
+    else:
+        data["error"] = outcome.error
+        content = json.dumps({"error": outcome.error})
+    data["duration_ms"] = outcome.duration_ms
+    await emitter.emit(EventType.TOOL_COMPLETED, data)
+    state.conversation.append(ChatMessage(role="tool", content=content, tool_call_id=call.id))

@@ -1,0 +1,178 @@
+"""UserExecutionEngine: executes one run for one context; never shared, never reused."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from domain.agent import RunState, run_agent
+from domain.context import UserExecutionContext
+from domain.errors import EngineClosed, ModelError
+from domain.events import EventType, RunEventEmitter
+from domain.llm import ChatMessage, Usage
+from domain.model import RunStatus
+from domain.ports import ChatModel
+from domain.tools import ToolBox
+
+log = logging.getLogger(__name__)
+
+# Only ExecutionEngineFactory holds this key, so an engine cannot be built anywhere else.
+_FACTORY_KEY = object()
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    status: RunStatus
+    text: str = ""
+    usage: Usage = field(default_factory=Usage)
+    error_code: str | None = None
+    error_message: str | None = None
+    cancel_reason: str | None = None
+
+
+class UserExecutionEngine:
+    """Holds one run's state and its context-bound emitter; any use after cleanup raises."""
+
+    def __init__(
+        self,
+        *,
+        context: UserExecutionContext,
+        emitter: RunEventEmitter,
+        model: ChatModel,
+        toolbox: ToolBox,
+        max_steps: int,
+        run_timeout_s: float,
+        _key: object = None,
+    ) -> None:
+        if _key is not _FACTORY_KEY:
+            raise TypeError("UserExecutionEngine is made only by ExecutionEngineFactory.create_for_user")
+        if emitter.context is not context:
+            raise ValueError("the emitter must be bound to this engine's context")
+        self._context = context
+        self._emitter = emitter
+        self._model = model
+        self._toolbox = toolbox
+        self._max_steps = max_steps
+        self._run_timeout_s = run_timeout_s
+        self._state = RunState()
+        self._task: asyncio.Task[str] | None = None
+        self._cancel_reason: str | None = None
+        self._started = False
+        self._closed = False
+        self.created_monotonic = time.monotonic()
+
+    @property
+    def context(self) -> UserExecutionContext:
+        self._ensure_open()
+        return self._context
+
+    @property
+    def state(self) -> RunState:
+        self._ensure_open()
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def terminal_sent(self) -> bool:
+        return self._emitter.terminal_sent
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise EngineClosed(f"engine of run {self._context.run_id} was cleaned up")
+
+    async def run(self, history: Sequence[ChatMessage]) -> RunOutcome:
+        """Run the agent once; returns how it ended without sending the terminal event."""
+        self._ensure_open()
+        if self._started:
+            raise RuntimeError("an engine runs exactly once")
+        self._started = True
+        started = time.perf_counter()
+        await self._emitter.emit(EventType.AGENT_STARTED, {"agent": self._model.name})
+        if self._cancel_reason is not None:
+            return RunOutcome(RunStatus.CANCELLED, cancel_reason=self._cancel_reason)
+        self._state.conversation.extend(history)
+        self._task = asyncio.create_task(
+            run_agent(
+                context=self._context,
+                model=self._model,
+                toolbox=self._toolbox,
+                emitter=self._emitter,
+                state=self._state,
+                max_steps=self._max_steps,
+            ),
+            name=f"agent:{self._context.run_id}",
+        )
+        try:
+            text = await asyncio.wait_for(self._task, self._run_timeout_s)
+        except TimeoutError:
+            return self._ended(RunStatus.CANCELLED, started, cancel_reason="timeout")
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._cancel_reason is None or (current is not None and current.cancelling()):
+                raise
+            return self._ended(RunStatus.CANCELLED, started, cancel_reason=self._cancel_reason)
+        except ModelError as exc:
+            return self._ended(RunStatus.FAILED, started, code=exc.code, message=exc.message)
+        except Exception:
+            log.exception("run %s failed", self._context.run_id)
+            return self._ended(RunStatus.FAILED, started, code="internal_error",
+                               message="The agent failed unexpectedly; the error was logged.")
+        return self._ended(RunStatus.COMPLETED, started, text=text)
+
+    def _ended(self, status: RunStatus, started: float, *, text: str = "", code: str | None = None,
+               message: str | None = None, cancel_reason: str | None = None) -> RunOutcome:
+        self._state.usage.duration_ms = int((time.perf_counter() - started) * 1000)
+        if status is RunStatus.CANCELLED and not text:
+            text = "".join(self._state.answer)
+        return RunOutcome(status, text=text, usage=self._state.usage, error_code=code,
+                          error_message=message, cancel_reason=cancel_reason)
+
+    def cancel(self, reason: str) -> None:
+        """Stop the run as soon as possible; it ends with agent_cancelled and this reason."""
+        if self._closed or self._cancel_reason is not None:
+            return
+        self._cancel_reason = reason
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    async def finish(self, outcome: RunOutcome, *, message_id: str | None = None) -> None:
+        """Send the run's one terminal event."""
+        self._ensure_open()
+        if outcome.status is RunStatus.COMPLETED:
+            await self._emitter.emit(
+                EventType.AGENT_COMPLETED,
+                {"message_id": message_id, "text": outcome.text, "usage": outcome.usage.to_dict()},
+            )
+        elif outcome.status is RunStatus.CANCELLED:
+            await self._emitter.emit(EventType.AGENT_CANCELLED, {"reason": outcome.cancel_reason})
+        else:
+            await self._emitter.emit(
+                EventType.AGENT_ERROR, {"code": outcome.error_code, "message": outcome.error_message}
+            )
+
+    async def _close(self) -> None:
+        """Called by the factory only: stop whatever still runs and refuse any further use."""
+        if self._closed:
+            return
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except BaseException:  # noqa: S110 - the run is over; its error was already reported
+                pass
+        if self._started and not self._emitter.terminal_sent:
+            try:
+                await self._emitter.emit(
+                    EventType.AGENT_ERROR,
+                    {"code": "internal_error", "message": "The run ended without an answer."},
+                )
+            except Exception:
+                log.exception("could not send the terminal event of run %s", self._context.run_id)
+        self._closed = True
+        self._state = RunState()

@@ -1,0 +1,64 @@
+"""Errors the domain raises; each carries the protocol's error code."""
+
+
+class DomainError(Exception):
+    """An error a client can cause and act on; never a 500."""
+
+    code = "invalid_message"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidMessage(DomainError):
+    code = "invalid_message"
+
+
+class MessageTooLarge(DomainError):
+    code = "message_too_large"
+
+
+class ValidationFailed(DomainError):
+    code = "validation_error"
+
+
+class NotFound(DomainError):
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    code = "conflict"
+
+
+class Unauthorized(DomainError):
+    code = "unauthorized"
+
+
+class LimitExceeded(DomainError):
+    code = "limit_exceeded"
+
+
+class ThreadBusy(DomainError):
+    code = "thread_busy"
+
+
+class InvalidContext(ValueError):
+    """A UserExecutionContext built from empty, placeholder or malformed values."""
+
+
+class EngineClosed(RuntimeError):
+    """A UserExecutionEngine used after the factory cleaned it up."""
+
+
+class ModelError(Exception):
+    """The chat model failed; the message is safe to show to the user."""
+
+    def __init__(self, message: str, *, code: str = "model_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+class ToolError(Exception):
+    """A tool refused its input or failed; the message is shown to the model and the user."""

@@ -1,0 +1,106 @@
+"""The agent events of the wire protocol and the per-run emitter that numbers them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from domain.context import UserExecutionContext
+from domain.ports import Clock
+
+
+class EventType(StrEnum):
+    AGENT_STARTED = "agent_started"
+    AGENT_THINKING = "agent_thinking"
+    TOOL_EXECUTING = "tool_executing"
+    TOOL_COMPLETED = "tool_completed"
+    AGENT_MESSAGE_DELTA = "agent_message_delta"
+    AGENT_COMPLETED = "agent_completed"
+    AGENT_ERROR = "agent_error"
+    AGENT_CANCELLED = "agent_cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_EVENTS
+
+
+TERMINAL_EVENTS = frozenset(
+    {EventType.AGENT_COMPLETED, EventType.AGENT_ERROR, EventType.AGENT_CANCELLED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEvent:
+    """One event of one run; `cursor` is set by the event log when it is stored."""
+
+    type: EventType
+    user_id: str
+    run_id: str
+    thread_id: str
+    seq: int
+    ts: datetime
+    data: Mapping[str, Any]
+    cursor: str | None = None
+
+    def with_cursor(self, cursor: str) -> AgentEvent:
+        return replace(self, cursor=cursor)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The server frame of PROTOCOL.md; the user id stays on the server."""
+        return {
+            "type": self.type.value,
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "seq": self.seq,
+            "cursor": self.cursor,
+            "ts": self.ts.isoformat().replace("+00:00", "Z"),
+            "data": dict(self.data),
+        }
+
+
+Publish = Callable[[AgentEvent], Awaitable[AgentEvent]]
+
+
+class RunEventEmitter:
+    """Numbers one run's events gaplessly from 1 and hands them to the bridge, in order."""
+
+    __slots__ = ("_clock", "_context", "_publish", "_seq", "_terminal_sent")
+
+    def __init__(self, context: UserExecutionContext, publish: Publish, clock: Clock) -> None:
+        self._context = context
+        self._publish = publish
+        self._clock = clock
+        self._seq = 0
+        self._terminal_sent = False
+
+    @property
+    def context(self) -> UserExecutionContext:
+        return self._context
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def terminal_sent(self) -> bool:
+        return self._terminal_sent
+
+    async def emit(self, type_: EventType, data: Mapping[str, Any]) -> AgentEvent:
+        if self._terminal_sent:
+            raise RuntimeError(f"run {self._context.run_id} already ended; {type_} not sent")
+        if type_.is_terminal:
+            self._terminal_sent = True
+        self._seq += 1
+        event = AgentEvent(
+            type=type_,
+            user_id=self._context.user_id,
+            run_id=self._context.run_id,
+            thread_id=self._context.thread_id,
+            seq=self._seq,
+            ts=self._clock.now(),
+            data=data,
+        )
+        return await self._publish(event)

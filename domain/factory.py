@@ -1,0 +1,180 @@
+"""ExecutionEngineFactory: the only code that constructs a UserExecutionEngine."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from domain.context import UserExecutionContext
+from domain.engine import _FACTORY_KEY, UserExecutionEngine
+from domain.errors import LimitExceeded
+from domain.events import EventType
+from domain.model import AuditAction, AuditEntry
+from domain.ports import AuditLog, ChatModel, Clock, EventBridge
+from domain.tools import ToolBox
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLimits:
+    max_engines_per_user: int = 4
+    max_engines_total: int = 2000
+    run_timeout_s: float = 300.0
+    max_steps: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class FactoryMetrics:
+    created: int
+    active: int
+    cleaned_up: int
+    rejected: int
+    timed_out: int
+    creation_seconds_total: float
+    creation_seconds_max: float
+
+
+class ExecutionEngineFactory:
+    """Makes one engine per run, bound to the one bridge, within limits; cleans every one up."""
+
+    def __init__(
+        self,
+        *,
+        bridge: EventBridge,
+        model: ChatModel,
+        toolbox: ToolBox,
+        clock: Clock,
+        audit: AuditLog,
+        limits: EngineLimits,
+    ) -> None:
+        if bridge is None:
+            raise TypeError("ExecutionEngineFactory needs the event bridge; engines never run without it")
+        self._bridge = bridge
+        self._model = model
+        self._toolbox = toolbox
+        self._clock = clock
+        self._audit = audit
+        self._limits = limits
+        self._engines: dict[str, UserExecutionEngine] = {}
+        self._per_user: defaultdict[str, int] = defaultdict(int)
+        self._closed = False
+        self._created = 0
+        self._cleaned_up = 0
+        self._rejected = 0
+        self._timed_out = 0
+        self._creation_total = 0.0
+        self._creation_max = 0.0
+
+    @property
+    def limits(self) -> EngineLimits:
+        return self._limits
+
+    def _refuse(self, context: UserExecutionContext, reason: str) -> LimitExceeded:
+        self._rejected += 1
+        self._audit.record(AuditEntry(user_id=context.user_id, action=AuditAction.ENGINE_REJECTED,
+                                      at=self._clock.now(), run_id=context.run_id, outcome=reason))
+        return LimitExceeded(reason)
+
+    async def create_for_user(self, context: UserExecutionContext) -> UserExecutionEngine:
+        started = time.perf_counter()
+        if not isinstance(context, UserExecutionContext):
+            raise TypeError("create_for_user takes a UserExecutionContext")
+        if self._closed:
+            raise self._refuse(context, "The server is shutting down and takes no new runs.")
+        if context.run_id in self._engines:
+            raise ValueError(f"run {context.run_id} already has an engine")
+        if self._per_user[context.user_id] >= self._limits.max_engines_per_user:
+            raise self._refuse(
+                context,
+                f"You already have {self._limits.max_engines_per_user} runs going; "
+                "wait for one to end or cancel one.",
+            )
+        if len(self._engines) >= self._limits.max_engines_total:
+            raise self._refuse(context, "The server is at its limit of runs; try again shortly.")
+        engine = UserExecutionEngine(
+            context=context,
+            emitter=self._bridge.emitter_for(context),
+            model=self._model,
+            toolbox=self._toolbox,
+            max_steps=self._limits.max_steps,
+            run_timeout_s=self._limits.run_timeout_s,
+            _key=_FACTORY_KEY,
+        )
+        self._engines[context.run_id] = engine
+        self._per_user[context.user_id] += 1
+        self._created += 1
+        elapsed = time.perf_counter() - started
+        self._creation_total += elapsed
+        self._creation_max = max(self._creation_max, elapsed)
+        self._audit.record(AuditEntry(user_id=context.user_id, action=AuditAction.ENGINE_CREATED,
+                                      at=self._clock.now(), run_id=context.run_id))
+        return engine
+
+    @asynccontextmanager
+    async def user_execution_scope(
+        self, context: UserExecutionContext
+    ) -> AsyncIterator[UserExecutionEngine]:
+        """An engine for the length of the block, cleaned up however the block ends."""
+        engine = await self.create_for_user(context)
+        try:
+            yield engine
+        finally:
+            await self.cleanup_engine(engine)
+
+    async def cleanup_engine(self, engine: UserExecutionEngine) -> None:
+        """Idempotent: the second call for the same engine does nothing."""
+        run_id = engine._context.run_id
+        if self._engines.get(run_id) is not engine:
+            return
+        try:
+            await engine._close()
+        finally:
+            del self._engines[run_id]
+            user_id = engine._context.user_id
+            self._per_user[user_id] -= 1
+            if self._per_user[user_id] <= 0:
+                del self._per_user[user_id]
+            self._cleaned_up += 1
+            self._audit.record(AuditEntry(user_id=user_id, action=AuditAction.ENGINE_CLEANED_UP,
+                                          at=self._clock.now(), run_id=run_id))
+
+    def engine_for(self, user_id: str, run_id: str) -> UserExecutionEngine | None:
+        engine = self._engines.get(run_id)
+        if engine is None or engine._context.user_id != user_id:
+            return None
+        return engine
+
+    def active_engines(self) -> list[UserExecutionEngine]:
+        return list(self._engines.values())
+
+    async def reject_run(self, context: UserExecutionContext, error: LimitExceeded) -> None:
+        """A run refused before it had an engine still gets its first and terminal events."""
+        emitter = self._bridge.emitter_for(context)
+        await emitter.emit(EventType.AGENT_STARTED, {"agent": self._model.name})
+        await emitter.emit(EventType.AGENT_ERROR, {"code": error.code, "message": error.message})
+
+    def note_timeout(self) -> None:
+        self._timed_out += 1
+
+    async def shutdown(self) -> None:
+        """Refuse new engines and clean up any left; callers drain their runs first."""
+        self._closed = True
+        for engine in list(self._engines.values()):
+            engine.cancel("shutdown")
+            await self.cleanup_engine(engine)
+
+    def metrics(self) -> FactoryMetrics:
+        return FactoryMetrics(
+            created=self._created,
+            active=len(self._engines),
+            cleaned_up=self._cleaned_up,
+            rejected=self._rejected,
+            timed_out=self._timed_out,
+            creation_seconds_total=self._creation_total,
+            creation_seconds_max=self._creation_max,
+        )

@@ -1,0 +1,93 @@
+"""Entities the domain persists through its repositories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class Role(StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    username: str
+    password_hash: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Thread:
+    id: str
+    user_id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    thread_id: str
+    user_id: str
+    role: Role
+    text: str
+    created_at: datetime
+    run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    id: str
+    user_id: str
+    thread_id: str
+    status: RunStatus
+    created_at: datetime
+    client_message_id: str | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    id: str
+    user_id: str
+    text: str
+    created_at: datetime
+
+
+class AuditAction(StrEnum):
+    USER_REGISTERED = "user.registered"
+    ENGINE_CREATED = "engine.created"
+    ENGINE_CLEANED_UP = "engine.cleaned_up"
+    ENGINE_REJECTED = "engine.rejected"
+    RUN_STARTED = "run.started"
+    RUN_ENDED = "run.ended"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """Who did what, when, and how it ended."""
+
+    user_id: str
+    action: AuditAction
+    at: datetime
+    run_id: str | None = None
+    outcome: str | None = None
+    detail: str | None = None

@@ -1,0 +1,127 @@
+"""Ports: what the domain needs from the outside world, as typing.Protocols."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from domain.context import UserExecutionContext
+    from domain.events import AgentEvent, RunEventEmitter
+    from domain.llm import ModelChunk, ModelRequest
+    from domain.model import AuditEntry, Message, Note, Run, RunStatus, Thread, User
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class IdGenerator(Protocol):
+    def new_id(self, prefix: str) -> str: ...
+
+
+class ChatModel(Protocol):
+    """A chat model that streams; `builtin` and `openai` both speak exactly this."""
+
+    name: str
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]: ...
+
+
+class EventBridge(Protocol):
+    """The one bridge from runs to sockets: gives each run an emitter bound to its context."""
+
+    def emitter_for(self, context: UserExecutionContext) -> RunEventEmitter: ...
+
+
+class EventLog(Protocol):
+    """Durable, ordered store of every event; gives each stored event its cursor."""
+
+    async def append(self, event: AgentEvent) -> AgentEvent: ...
+
+    async def read_run(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]: ...
+
+    async def read_user(self, user_id: str, after_cursor: str | None) -> list[AgentEvent]: ...
+
+
+class UserRepository(Protocol):
+    async def add(self, user: User) -> None: ...
+
+    async def get(self, user_id: str) -> User | None: ...
+
+    async def get_by_username(self, username: str) -> User | None: ...
+
+    async def list(self) -> Sequence[User]: ...
+
+
+class ThreadRepository(Protocol):
+    async def add(self, thread: Thread) -> None: ...
+
+    async def get(self, user_id: str, thread_id: str) -> Thread | None: ...
+
+    async def list_for_user(self, user_id: str) -> Sequence[Thread]: ...
+
+    async def touch(self, thread_id: str, at: datetime) -> None: ...
+
+    async def delete(self, user_id: str, thread_id: str) -> bool: ...
+
+
+class MessageRepository(Protocol):
+    async def add(self, message: Message) -> None: ...
+
+    async def list_for_thread(self, user_id: str, thread_id: str) -> Sequence[Message]: ...
+
+
+class RunRepository(Protocol):
+    async def add(self, run: Run) -> None: ...
+
+    async def get(self, user_id: str, run_id: str) -> Run | None: ...
+
+    async def get_by_client_message_id(self, user_id: str, client_message_id: str) -> Run | None: ...
+
+    async def set_status(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        finished_at: datetime | None = None,
+        error: str | None = None,
+    ) -> None: ...
+
+
+class NoteRepository(Protocol):
+    async def add(self, note: Note) -> None: ...
+
+    async def search(self, user_id: str, query: str, limit: int = 5) -> Sequence[Note]: ...
+
+
+class AuditLog(Protocol):
+    """Append-only trail of each user's operations; `record` never blocks the caller."""
+
+    def record(self, entry: AuditEntry) -> None: ...
+
+    async def list(
+        self, *, user_id: str | None = None, limit: int = 100
+    ) -> Sequence[AuditEntry]: ...
+
+
+class PasswordHasher(Protocol):
+    async def hash(self, password: str) -> str: ...
+
+    async def verify(self, password_hash: str, password: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    access_token: str
+    expires_in: int
+
+
+class TokenService(Protocol):
+    def issue(self, user_id: str) -> IssuedToken: ...
+
+    def verify(self, token: str) -> str:
+        """Return the token's user id, or raise Unauthorized."""
+        ...

@@ -1,0 +1,107 @@
+"""The tool port and the toolbox that validates arguments and contains tool failures."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from domain.context import UserExecutionContext
+from domain.errors import ToolError
+from domain.llm import ToolSpec
+
+log = logging.getLogger(__name__)
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+class Tool(Protocol):
+    spec: ToolSpec
+
+    async def __call__(self, context: UserExecutionContext, arguments: Mapping[str, Any]) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    arguments: Any
+    result: Any = None
+    error: str | None = None
+    duration_ms: int = 0
+
+
+def parse_arguments(spec: ToolSpec, raw: str) -> dict[str, Any]:
+    """Parse the model's JSON arguments and check them against the tool's schema."""
+    try:
+        arguments = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ToolError(f"arguments are not valid JSON ({exc.msg})") from None
+    if not isinstance(arguments, dict):
+        raise ToolError("arguments must be a JSON object")
+    properties = spec.parameters.get("properties", {})
+    for name in spec.parameters.get("required", ()):
+        if name not in arguments:
+            raise ToolError(f"missing required argument {name!r}")
+    for name, value in arguments.items():
+        if name not in properties:
+            if spec.parameters.get("additionalProperties", True) is False:
+                raise ToolError(f"unknown argument {name!r}")
+            continue
+        expected = _JSON_TYPES.get(properties[name].get("type", ""), (object,))
+        wrong_bool = isinstance(value, bool) and bool not in expected
+        if not isinstance(value, expected) or wrong_bool:
+            raise ToolError(f"argument {name!r} must be of type {properties[name].get('type')}")
+    return arguments
+
+
+class ToolBox:
+    """The tools of a run: looks them up by name and turns every failure into a result."""
+
+    def __init__(self, tools: Iterable[Tool], *, timeout_s: float = 30.0) -> None:
+        self._tools = {tool.spec.name: tool for tool in tools}
+        self._specs = tuple(tool.spec for tool in self._tools.values())
+        self._timeout_s = timeout_s
+
+    @property
+    def specs(self) -> tuple[ToolSpec, ...]:
+        return self._specs
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    async def execute(self, context: UserExecutionContext, name: str, raw_arguments: str) -> ToolResult:
+        started = time.perf_counter()
+
+        def elapsed() -> int:
+            return int((time.perf_counter() - started) * 1000)
+
+        tool = self._tools.get(name)
+        if tool is None:
+            return ToolResult(arguments=raw_arguments, error=f"there is no tool named {name!r}")
+        try:
+            arguments: Any = parse_arguments(tool.spec, raw_arguments)
+        except ToolError as exc:
+            return ToolResult(arguments=raw_arguments, error=str(exc), duration_ms=elapsed())
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                result = await tool(context, arguments)
+        except ToolError as exc:
+            return ToolResult(arguments=arguments, error=str(exc), duration_ms=elapsed())
+        except TimeoutError:
+            message = f"{name} took longer than {self._timeout_s:g} s and was stopped"
+            return ToolResult(arguments=arguments, error=message, duration_ms=elapsed())
+        except Exception:
+            log.exception("tool %s failed", name)
+            return ToolResult(arguments=arguments, error=f"{name} failed unexpectedly",
+                              duration_ms=elapsed())
+        return ToolResult(arguments=arguments, result=result, duration_ms=elapsed())
