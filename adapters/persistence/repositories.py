@@ -1,0 +1,208 @@
+"""The domain's repositories on SQLAlchemy Core; every read of a user's data names the user."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, delete, insert, literal, select, update
+from sqlalchemy.exc import IntegrityError
+
+from adapters.persistence.database import Database
+from adapters.persistence.tables import messages, notes, runs, threads, users
+from domain.errors import Conflict
+from domain.model import Message, Note, Role, Run, RunStatus, Thread, User
+
+_WORD = re.compile(r"\w+")
+_MAX_SEARCH_WORDS = 12
+_STOP_WORDS = frozenset({
+    "about", "all", "and", "any", "are", "can", "could", "did", "does", "for", "from", "had",
+    "has", "have", "her", "his", "how", "its", "just", "know", "let", "not", "note", "notes",
+    "now", "our", "please", "remember", "saved", "say", "said", "she", "should", "tell", "than",
+    "that", "the", "their", "them", "then", "there", "these", "they", "this", "was", "were",
+    "what", "when", "where", "which", "who", "whom", "why", "will", "with", "would", "you",
+    "your", "yours",
+})
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def search_words(query: str) -> list[str]:
+    """The words of `query` worth matching: 3+ characters, no stop words, first seen first."""
+    words = [w for w in _WORD.findall(query.casefold()) if len(w) >= 3 and w not in _STOP_WORDS]
+    return list(dict.fromkeys(words))[:_MAX_SEARCH_WORDS]
+
+
+class SqlAlchemyUserRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, user: User) -> None:
+        try:
+            async with self._db.writing() as conn:
+                await conn.execute(insert(users).values(
+                    id=user.id, username=user.username, password_hash=user.password_hash,
+                    created_at=user.created_at,
+                ))
+        except IntegrityError as exc:
+            raise Conflict("That username is taken.") from exc
+
+    async def get(self, user_id: str) -> User | None:
+        return await self._one(users.c.id == user_id)
+
+    async def get_by_username(self, username: str) -> User | None:
+        return await self._one(users.c.username == username)
+
+    async def list(self) -> Sequence[User]:
+        async with self._db.reading() as conn:
+            rows = await conn.execute(select(users).order_by(users.c.created_at, users.c.id))
+            return [User(**row._mapping) for row in rows]
+
+    async def _one(self, where: Any) -> User | None:
+        async with self._db.reading() as conn:
+            row = (await conn.execute(select(users).where(where))).first()
+        return None if row is None else User(**row._mapping)
+
+
+class SqlAlchemyThreadRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, thread: Thread) -> None:
+        async with self._db.writing() as conn:
+            await conn.execute(insert(threads).values(
+                id=thread.id, user_id=thread.user_id, title=thread.title,
+                created_at=thread.created_at, updated_at=thread.updated_at,
+            ))
+
+    async def get(self, user_id: str, thread_id: str) -> Thread | None:
+        query = select(threads).where(threads.c.id == thread_id, threads.c.user_id == user_id)
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else Thread(**row._mapping)
+
+    async def list_for_user(self, user_id: str) -> Sequence[Thread]:
+        query = (select(threads).where(threads.c.user_id == user_id)
+                 .order_by(threads.c.updated_at.desc(), threads.c.id))
+        async with self._db.reading() as conn:
+            return [Thread(**row._mapping) for row in await conn.execute(query)]
+
+    async def touch(self, thread_id: str, at: datetime) -> None:
+        async with self._db.writing() as conn:
+            await conn.execute(update(threads).where(threads.c.id == thread_id)
+                               .values(updated_at=at))
+
+    async def delete(self, user_id: str, thread_id: str) -> bool:
+        """Deletes the thread's messages and runs too, whether or not foreign keys cascade."""
+        owned = select(threads.c.id).where(threads.c.id == thread_id,
+                                           threads.c.user_id == user_id)
+        async with self._db.writing() as conn:
+            if (await conn.execute(owned)).first() is None:
+                return False
+            await conn.execute(delete(messages).where(messages.c.thread_id == thread_id))
+            await conn.execute(delete(runs).where(runs.c.thread_id == thread_id))
+            await conn.execute(delete(threads).where(threads.c.id == thread_id))
+        return True
+
+
+class SqlAlchemyMessageRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, message: Message) -> None:
+        async with self._db.writing() as conn:
+            await conn.execute(insert(messages).values(
+                id=message.id, thread_id=message.thread_id, user_id=message.user_id,
+                role=message.role.value, text=message.text, run_id=message.run_id,
+                created_at=message.created_at,
+            ))
+
+    async def list_for_thread(self, user_id: str, thread_id: str) -> Sequence[Message]:
+        query = (select(messages)
+                 .where(messages.c.thread_id == thread_id, messages.c.user_id == user_id)
+                 .order_by(messages.c.created_at, messages.c.id))
+        async with self._db.reading() as conn:
+            rows = await conn.execute(query)
+            return [Message(**{**row._mapping, "role": Role(row.role)}) for row in rows]
+
+
+def _run(row: Any) -> Run:
+    return Run(**{**row._mapping, "status": RunStatus(row.status)})
+
+
+class SqlAlchemyRunRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, run: Run) -> None:
+        try:
+            async with self._db.writing() as conn:
+                await conn.execute(insert(runs).values(
+                    id=run.id, user_id=run.user_id, thread_id=run.thread_id,
+                    status=run.status.value, client_message_id=run.client_message_id,
+                    created_at=run.created_at, finished_at=run.finished_at, error=run.error,
+                ))
+        except IntegrityError as exc:
+            raise Conflict("A run for that client_message_id exists already.") from exc
+
+    async def get(self, user_id: str, run_id: str) -> Run | None:
+        return await self._one(runs.c.user_id == user_id, runs.c.id == run_id)
+
+    async def get_by_client_message_id(self, user_id: str, client_message_id: str) -> Run | None:
+        return await self._one(runs.c.user_id == user_id,
+                               runs.c.client_message_id == client_message_id)
+
+    async def set_status(
+        self,
+        run_id: str,
+        status: RunStatus,
+        *,
+        finished_at: datetime | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Sets the status; `finished_at` and `error` change only when given."""
+        values: dict[str, Any] = {"status": status.value}
+        if finished_at is not None:
+            values["finished_at"] = finished_at
+        if error is not None:
+            values["error"] = error
+        async with self._db.writing() as conn:
+            await conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+
+    async def _one(self, *where: Any) -> Run | None:
+        async with self._db.reading() as conn:
+            row = (await conn.execute(select(runs).where(*where))).first()
+        return None if row is None else _run(row)
+
+
+class SqlAlchemyNoteRepository:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, note: Note) -> None:
+        async with self._db.writing() as conn:
+            await conn.execute(insert(notes).values(
+                id=note.id, user_id=note.user_id, text=note.text, created_at=note.created_at,
+            ))
+
+    async def search(self, user_id: str, query: str, limit: int = 5) -> Sequence[Note]:
+        """Notes holding the most of the query's words, newest first; no words: the newest."""
+        if limit <= 0:
+            return []
+        newest = (notes.c.created_at.desc(), notes.c.id.desc())
+        statement = select(notes).where(notes.c.user_id == user_id)
+        words = search_words(query)
+        if words:
+            hits = [notes.c.text.ilike(f"%{_escape_like(w)}%", escape="\\") for w in words]
+            score = sum((case((hit, 1), else_=0) for hit in hits), literal(0))
+            statement = statement.where(score > 0).order_by(score.desc(), *newest)
+        else:
+            statement = statement.order_by(*newest)
+        async with self._db.reading() as conn:
+            rows = await conn.execute(statement.limit(limit))
+            return [Note(**row._mapping) for row in rows]
+

@@ -1,0 +1,142 @@
+"""The schema as SQLAlchemy Core tables; migrations/versions must create exactly this."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+ID = 64
+NAME = 255
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite too (which stores them without an offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware one")
+        # SQLite keeps the wall time and drops the offset, so store every value in UTC.
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("username", String(NAME), nullable=False),
+    Column("password_hash", String(NAME), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("username", name="uq_users_username"),
+)
+
+threads = Table(
+    "threads",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("user_id", String(ID), ForeignKey("users.id", name="fk_threads_user_id"),
+           nullable=False),
+    Column("title", Text(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index("ix_threads_user_id_updated_at", "user_id", "updated_at"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("thread_id", String(ID),
+           ForeignKey("threads.id", name="fk_messages_thread_id", ondelete="CASCADE"),
+           nullable=False),
+    Column("user_id", String(ID), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("text", Text(), nullable=False),
+    Column("run_id", String(ID), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_messages_thread_id_created_at", "thread_id", "created_at"),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("user_id", String(ID), nullable=False),
+    Column("thread_id", String(ID),
+           ForeignKey("threads.id", name="fk_runs_thread_id", ondelete="CASCADE"),
+           nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("client_message_id", String(NAME), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime(), nullable=True),
+    Column("error", Text(), nullable=True),
+    UniqueConstraint("user_id", "client_message_id", name="uq_runs_user_id_client_message_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("user_id", String(ID), nullable=False),
+    Column("run_id", String(ID), nullable=False),
+    Column("thread_id", String(ID), nullable=False),
+    Column("seq", Integer(), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("data", Text(), nullable=False),
+    Column("ts", UtcDateTime(), nullable=False),
+    UniqueConstraint("run_id", "seq", name="uq_events_run_id_seq"),
+    Index("ix_events_user_id_id", "user_id", "id"),
+)
+
+notes = Table(
+    "notes",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("user_id", String(ID), nullable=False),
+    Column("text", Text(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_notes_user_id", "user_id"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+           autoincrement=True),
+    Column("user_id", String(ID), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("run_id", String(ID), nullable=True),
+    Column("outcome", String(32), nullable=True),
+    Column("detail", Text(), nullable=True),
+    Column("at", UtcDateTime(), nullable=False),
+    Index("ix_audit_log_user_id_id", "user_id", "id"),
+)

@@ -1,0 +1,172 @@
+"""Container: the one composition root; every object of the server is wired here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from dependency_injector import containers, providers
+
+from adapters.bridge import AgentWebSocketBridge
+from adapters.event_bus import InMemoryEventBus
+from adapters.models.builtin import BuiltinChatModel
+from adapters.persistence.audit_log import SqlAlchemyAuditLog
+from adapters.persistence.database import Database
+from adapters.persistence.event_log import SqlAlchemyEventLog
+from adapters.persistence.repositories import (
+    SqlAlchemyMessageRepository,
+    SqlAlchemyNoteRepository,
+    SqlAlchemyRunRepository,
+    SqlAlchemyThreadRepository,
+    SqlAlchemyUserRepository,
+)
+from adapters.security.passwords import Argon2PasswordHasher
+from adapters.security.tokens import JwtTokenService
+from adapters.system import RandomIds, SystemClock
+from container.settings import Settings
+from domain.auth import AuthService, PasswordPolicy
+from domain.chat import ChatLimits, ChatService
+from domain.conversations import ConversationService
+from domain.factory import EngineLimits, ExecutionEngineFactory
+from domain.tools import ToolBox
+from domain.tools import builtin_tools as make_builtin_tools
+
+
+async def _database(settings: Settings) -> AsyncIterator[Database]:
+    database = Database(settings.database.url, echo=settings.database.echo)
+    try:
+        if settings.database.migrate_on_start:
+            await database.migrate()
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def _event_log(database: Database) -> AsyncIterator[SqlAlchemyEventLog]:
+    log = SqlAlchemyEventLog(database)
+    await log.start()
+    try:
+        yield log
+    finally:
+        await log.stop()
+
+
+async def _audit_log(database: Database) -> AsyncIterator[SqlAlchemyAuditLog]:
+    log = SqlAlchemyAuditLog(database)
+    await log.start()
+    try:
+        yield log
+    finally:
+        await log.stop()
+
+
+def _engine_limits(settings: Settings) -> EngineLimits:
+    limits = settings.limits
+    return EngineLimits(
+        max_engines_per_user=limits.max_engines_per_user,
+        max_engines_total=limits.max_engines_total,
+        run_timeout_s=limits.run_timeout_s,
+        max_steps=limits.max_steps,
+    )
+
+
+def _model_provider(settings: Settings) -> str:
+    return settings.model.provider
+
+
+def _builtin_delay_s(settings: Settings) -> float:
+    return settings.model.builtin_delay_ms / 1000
+
+
+def _password_policy(settings: Settings) -> PasswordPolicy:
+    return PasswordPolicy(min_length=settings.auth.min_password_length)
+
+
+def _chat_limits(settings: Settings) -> ChatLimits:
+    return ChatLimits(
+        max_message_chars=settings.limits.max_message_chars,
+        max_pending_runs_per_user=settings.limits.max_pending_runs_per_user,
+    )
+
+
+class Container(containers.DeclarativeContainer):
+    settings = providers.Singleton(Settings)
+
+    # -- system
+    clock = providers.Singleton(SystemClock)
+    ids = providers.Singleton(RandomIds)
+
+    # -- resources, started and stopped with the app
+    database = providers.Resource(_database, settings=settings)
+    event_log = providers.Resource(_event_log, database=database)
+    audit_log = providers.Resource(_audit_log, database=database)
+
+    # -- repositories
+    users = providers.Singleton(SqlAlchemyUserRepository, database)
+    threads = providers.Singleton(SqlAlchemyThreadRepository, database)
+    messages = providers.Singleton(SqlAlchemyMessageRepository, database)
+    runs = providers.Singleton(SqlAlchemyRunRepository, database)
+    notes = providers.Singleton(SqlAlchemyNoteRepository, database)
+
+    # -- security
+    password_hasher = providers.Singleton(
+        Argon2PasswordHasher,
+        time_cost=settings.provided.auth.argon2_time_cost,
+        memory_cost_kib=settings.provided.auth.argon2_memory_kib,
+        parallelism=settings.provided.auth.argon2_parallelism,
+    )
+    token_service = providers.Singleton(
+        JwtTokenService,
+        secret=settings.provided.auth.jwt_secret.get_secret_value.call(),
+        ttl_s=settings.provided.auth.token_ttl_s,
+        clock=clock,
+    )
+
+    # -- the agent: model, tools, the one bridge, the one engine factory
+    event_bus = providers.Singleton(InMemoryEventBus)
+    chat_model = providers.Selector(
+        providers.Callable(_model_provider, settings),
+        builtin=providers.Singleton(
+            BuiltinChatModel, delay_s=providers.Callable(_builtin_delay_s, settings)
+        ),
+    )
+    toolbox = providers.Singleton(
+        ToolBox,
+        tools=providers.Callable(make_builtin_tools, notes=notes, ids=ids, clock=clock),
+        timeout_s=settings.provided.limits.tool_timeout_s,
+    )
+    bridge = providers.Singleton(AgentWebSocketBridge, event_log=event_log, bus=event_bus, clock=clock)
+    engine_factory = providers.Singleton(
+        ExecutionEngineFactory,
+        bridge=bridge,
+        model=chat_model,
+        toolbox=toolbox,
+        clock=clock,
+        audit=audit_log,
+        limits=providers.Callable(_engine_limits, settings),
+    )
+
+    # -- use cases
+    auth_service = providers.Singleton(
+        AuthService,
+        users=users,
+        hasher=password_hasher,
+        tokens=token_service,
+        ids=ids,
+        clock=clock,
+        audit=audit_log,
+        policy=providers.Callable(_password_policy, settings),
+    )
+    chat_service = providers.Singleton(
+        ChatService,
+        factory=engine_factory,
+        threads=threads,
+        messages=messages,
+        runs=runs,
+        audit=audit_log,
+        ids=ids,
+        clock=clock,
+        limits=providers.Callable(_chat_limits, settings),
+    )
+    conversation_service = providers.Singleton(
+        ConversationService, threads=threads, messages=messages, runs=runs, events=event_log
+    )

@@ -1,0 +1,96 @@
+"""Registration and login: the use cases behind /api/auth."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from domain.errors import Unauthorized, ValidationFailed
+from domain.model import AuditAction, AuditEntry, User
+from domain.ports import AuditLog, Clock, IdGenerator, IssuedToken, PasswordHasher, TokenService, UserRepository
+
+_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{2,31}$")
+_BAD_CREDENTIALS = "Wrong username or password."
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordPolicy:
+    min_length: int = 8
+    max_length: int = 256
+
+
+class AuthService:
+    """Registers users, checks passwords and issues tokens; the same answer whether a user exists or not."""
+
+    def __init__(
+        self,
+        *,
+        users: UserRepository,
+        hasher: PasswordHasher,
+        tokens: TokenService,
+        ids: IdGenerator,
+        clock: Clock,
+        audit: AuditLog,
+        policy: PasswordPolicy,
+    ) -> None:
+        self._users = users
+        self._hasher = hasher
+        self._tokens = tokens
+        self._ids = ids
+        self._clock = clock
+        self._audit = audit
+        self._policy = policy
+        self._dummy_hash: str | None = None
+
+    def _check_new_credentials(self, username: object, password: object) -> tuple[str, str]:
+        if not isinstance(username, str) or not _USERNAME.match(username):
+            raise ValidationFailed(
+                "A username is 3 to 32 letters, digits, '.', '_' or '-', starting with a letter or digit."
+            )
+        if not isinstance(password, str):
+            raise ValidationFailed("The password must be a string.")
+        if len(password) < self._policy.min_length:
+            raise ValidationFailed(f"Choose a password of at least {self._policy.min_length} characters.")
+        if len(password) > self._policy.max_length:
+            raise ValidationFailed(f"A password is at most {self._policy.max_length} characters.")
+        if len(set(password)) < 3 or password.lower() == username.lower():
+            raise ValidationFailed("That password is too easy to guess; choose another.")
+        return username, password
+
+    async def register(self, username: object, password: object) -> User:
+        name, secret = self._check_new_credentials(username, password)
+        user = User(
+            id=self._ids.new_id("usr"),
+            username=name,
+            password_hash=await self._hasher.hash(secret),
+            created_at=self._clock.now(),
+        )
+        await self._users.add(user)  # raises Conflict if the name is taken
+        self._audit.record(AuditEntry(user_id=user.id, action=AuditAction.USER_REGISTERED, at=user.created_at))
+        return user
+
+    async def login(self, username: object, password: object) -> IssuedToken:
+        if not isinstance(username, str) or not isinstance(password, str) or not password:
+            raise Unauthorized(_BAD_CREDENTIALS)
+        if len(password) > self._policy.max_length:
+            raise Unauthorized(_BAD_CREDENTIALS)
+        user = await self._users.get_by_username(username) if _USERNAME.match(username) else None
+        if user is None:
+            # Hash anyway so a missing user takes as long as a wrong password.
+            if self._dummy_hash is None:
+                self._dummy_hash = await self._hasher.hash("goldenpath-timing-equaliser")
+            await self._hasher.verify(self._dummy_hash, password)
+            raise Unauthorized(_BAD_CREDENTIALS)
+        if not await self._hasher.verify(user.password_hash, password):
+            raise Unauthorized(_BAD_CREDENTIALS)
+        return self._tokens.issue(user.id)
+
+    async def authenticate(self, token: object) -> User:
+        """The user a bearer token belongs to; Unauthorized for any bad, expired or orphaned token."""
+        if not isinstance(token, str) or not token:
+            raise Unauthorized("A bearer token is required.")
+        user_id = self._tokens.verify(token)
+        user = await self._users.get(user_id)
+        if user is None:
+            raise Unauthorized("The token's user no longer exists.")
+        return user

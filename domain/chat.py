@@ -1,0 +1,307 @@
+"""ChatService: the golden path's use case, from a user's message to a persisted answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, replace
+
+from domain.context import UserExecutionContext
+from domain.engine import RunOutcome, UserExecutionEngine
+from domain.errors import InvalidMessage, LimitExceeded, MessageTooLarge, NotFound, ThreadBusy
+from domain.factory import ExecutionEngineFactory
+from domain.lanes import Multitask, ThreadLane
+from domain.llm import ChatMessage
+from domain.model import AuditAction, AuditEntry, Message, Role, Run, RunStatus, Thread
+from domain.ports import AuditLog, Clock, IdGenerator, MessageRepository, RunRepository, ThreadRepository
+
+log = logging.getLogger(__name__)
+
+_TITLE_CHARS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLimits:
+    max_message_chars: int = 8000
+    max_pending_runs_per_user: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    run: Run
+    duplicate: bool = False
+
+
+class ServerDraining(LimitExceeded):
+    code = "server_not_ready"
+
+
+class ChatService:
+    """Accepts messages, runs each in its own engine, one run at a time per thread."""
+
+    def __init__(
+        self,
+        *,
+        factory: ExecutionEngineFactory,
+        threads: ThreadRepository,
+        messages: MessageRepository,
+        runs: RunRepository,
+        audit: AuditLog,
+        ids: IdGenerator,
+        clock: Clock,
+        limits: ChatLimits,
+    ) -> None:
+        self._factory = factory
+        self._threads = threads
+        self._messages = messages
+        self._runs = runs
+        self._audit = audit
+        self._ids = ids
+        self._clock = clock
+        self._limits = limits
+        self._lanes: dict[str, ThreadLane] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._pending: defaultdict[str, int] = defaultdict(int)
+        self._cancel_requests: dict[str, str] = {}
+        # (user, client_message_id) pairs being submitted now: a retry racing the original waits for it.
+        self._submitting: dict[tuple[str, str], asyncio.Future[Submission]] = {}
+        self._accepting = True
+
+    # -- submitting -------------------------------------------------------------------------
+
+    def _check_text(self, text: object) -> str:
+        if not isinstance(text, str):
+            raise InvalidMessage("'message' must be a string.")
+        if not text.strip():
+            raise InvalidMessage("The message is empty; type something to send.")
+        if len(text) > self._limits.max_message_chars:
+            raise MessageTooLarge(
+                f"The message has {len(text)} characters; the limit is {self._limits.max_message_chars}."
+            )
+        return text
+
+    async def submit(
+        self,
+        *,
+        user_id: str,
+        text: object,
+        request_id: str,
+        thread_id: str | None = None,
+        client_message_id: str | None = None,
+        multitask: Multitask = Multitask.ENQUEUE,
+    ) -> Submission:
+        """Persist the message and its run, and start it (or queue it behind the thread's run)."""
+        message = self._check_text(text)
+        if not self._accepting:
+            raise ServerDraining("The server is shutting down; reconnect and send again.")
+        if client_message_id is None:
+            return await self._submit_new(user_id, message, request_id, thread_id, None, multitask)
+        key = (user_id, client_message_id)
+        if key in self._submitting:
+            return Submission((await asyncio.shield(self._submitting[key])).run, duplicate=True)
+        existing = await self._runs.get_by_client_message_id(user_id, client_message_id)
+        if existing is not None:
+            return Submission(existing, duplicate=True)
+        future: asyncio.Future[Submission] = asyncio.get_running_loop().create_future()
+        self._submitting[key] = future
+        try:
+            submission = await self._submit_new(
+                user_id, message, request_id, thread_id, client_message_id, multitask
+            )
+            future.set_result(submission)
+            return submission
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved here so an unawaited failure is not reported twice
+            raise
+        finally:
+            del self._submitting[key]
+
+    async def _submit_new(
+        self,
+        user_id: str,
+        text: str,
+        request_id: str,
+        thread_id: str | None,
+        client_message_id: str | None,
+        multitask: Multitask,
+    ) -> Submission:
+        if self._pending[user_id] >= self._limits.max_pending_runs_per_user:
+            raise LimitExceeded(
+                f"You have {self._limits.max_pending_runs_per_user} runs going or queued; "
+                "wait for one to end or cancel one."
+            )
+        now = self._clock.now()
+        if thread_id is None:
+            thread = Thread(id=self._ids.new_id("thr"), user_id=user_id, title=_title(text),
+                            created_at=now, updated_at=now)
+            await self._threads.add(thread)
+        else:
+            found = await self._threads.get(user_id, thread_id)
+            if found is None:
+                raise NotFound("There is no such thread.")
+            thread = found
+        lane = self._lanes.setdefault(thread.id, ThreadLane())
+        if multitask is Multitask.REJECT and lane.busy:
+            raise ThreadBusy("This thread already has a run going; wait for it or cancel it.")
+        run = Run(id=self._ids.new_id("run"), user_id=user_id, thread_id=thread.id,
+                  status=RunStatus.QUEUED, created_at=now, client_message_id=client_message_id)
+        await self._runs.add(run)  # raises Conflict on a duplicate client_message_id
+        await self._messages.add(Message(id=self._ids.new_id("msg"), thread_id=thread.id,
+                                         user_id=user_id, role=Role.USER, text=text,
+                                         created_at=now, run_id=run.id))
+        await self._threads.touch(thread.id, now)
+        if multitask is Multitask.INTERRUPT:
+            self._interrupt(user_id, lane)
+        self._pending[user_id] += 1
+        self._tasks[run.id] = asyncio.create_task(
+            self._execute(run, request_id, lane), name=f"run:{run.id}"
+        )
+        # Nothing awaited since create_task: the caller's ack is queued before the run's first event.
+        status = RunStatus.QUEUED if lane.busy else RunStatus.RUNNING
+        return Submission(replace(run, status=status))
+
+    def _interrupt(self, user_id: str, lane: ThreadLane) -> None:
+        for run_id in lane.waiting_ids():
+            self._request_cancel(user_id, run_id, "interrupted", lane)
+        if lane.active is not None:
+            self._request_cancel(user_id, lane.active, "interrupted", lane)
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def _execute(self, run: Run, request_id: str, lane: ThreadLane) -> None:
+        my_turn = False
+        try:
+            my_turn = await lane.enter(run.id)
+            context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id,
+                                           run_id=run.id, request_id=request_id,
+                                           created_at=self._clock.now())
+            try:
+                async with self._factory.user_execution_scope(context) as engine:
+                    await self._drive(engine, run)
+            except LimitExceeded as exc:
+                await self._runs.set_status(run.id, RunStatus.FAILED, finished_at=self._clock.now(),
+                                            error=exc.message)
+                await self._factory.reject_run(context, exc)
+        except Exception:
+            log.exception("run %s could not be completed", run.id)
+        finally:
+            if my_turn:
+                lane.leave(run.id)
+            if lane.idle and self._lanes.get(run.thread_id) is lane:
+                del self._lanes[run.thread_id]
+            self._pending[run.user_id] -= 1
+            if self._pending[run.user_id] <= 0:
+                del self._pending[run.user_id]
+            self._cancel_requests.pop(run.id, None)
+            self._tasks.pop(run.id, None)
+
+    async def _drive(self, engine: UserExecutionEngine, run: Run) -> None:
+        reason = self._cancel_requests.get(run.id)
+        if reason is not None:
+            engine.cancel(reason)
+        else:
+            await self._runs.set_status(run.id, RunStatus.RUNNING)
+        self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_STARTED,
+                                      at=self._clock.now(), run_id=run.id))
+        history = [
+            ChatMessage(role="user" if m.role is Role.USER else "assistant", content=m.text)
+            for m in await self._messages.list_for_thread(run.user_id, run.thread_id)
+        ]
+        outcome = await engine.run(history)
+        if outcome.cancel_reason == "timeout":
+            self._factory.note_timeout()
+        message_id = await self._persist(run, outcome)
+        await engine.finish(outcome, message_id=message_id)
+        self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_ENDED,
+                                      at=self._clock.now(), run_id=run.id,
+                                      outcome=outcome.status.value,
+                                      detail=outcome.error_code or outcome.cancel_reason))
+
+    async def _persist(self, run: Run, outcome: RunOutcome) -> str | None:
+        """Store the answer and the run's end before the terminal event, so HTTP agrees with it."""
+        now = self._clock.now()
+        message_id = None
+        if outcome.status is RunStatus.COMPLETED:
+            message_id = self._ids.new_id("msg")
+            await self._messages.add(Message(id=message_id, thread_id=run.thread_id,
+                                             user_id=run.user_id, role=Role.ASSISTANT,
+                                             text=outcome.text, created_at=now, run_id=run.id))
+            await self._threads.touch(run.thread_id, now)
+        await self._runs.set_status(run.id, outcome.status, finished_at=now,
+                                    error=outcome.error_message or outcome.cancel_reason)
+        return message_id
+
+    # -- cancelling and waiting ----------------------------------------------------------------
+
+    def _request_cancel(self, user_id: str, run_id: str, reason: str, lane: ThreadLane | None) -> None:
+        self._cancel_requests.setdefault(run_id, reason)
+        engine = self._factory.engine_for(user_id, run_id)
+        if engine is not None:
+            engine.cancel(reason)
+        elif lane is not None:
+            lane.withdraw(run_id)
+
+    async def cancel(
+        self, user_id: str, *, run_id: str | None = None, client_message_id: str | None = None,
+        reason: str = "user",
+    ) -> Run:
+        """Idempotent: cancelling a run that already ended changes nothing."""
+        if run_id is None and client_message_id is not None:
+            key = (user_id, client_message_id)
+            if key in self._submitting:
+                run_id = (await asyncio.shield(self._submitting[key])).run.id
+            else:
+                found = await self._runs.get_by_client_message_id(user_id, client_message_id)
+                run_id = found.id if found else None
+        if run_id is None:
+            raise NotFound("There is no such run.")
+        run = await self._runs.get(user_id, run_id)
+        if run is None:
+            raise NotFound("There is no such run.")
+        if run.id in self._tasks:
+            self._request_cancel(user_id, run.id, reason, self._lanes.get(run.thread_id))
+        return run
+
+    async def wait(self, user_id: str, run_id: str) -> Run:
+        """Wait for a run to end (the caller going away does not stop it)."""
+        task = self._tasks.get(run_id)
+        if task is not None:
+            await asyncio.shield(task)
+        run = await self._runs.get(user_id, run_id)
+        if run is None:
+            raise NotFound("There is no such run.")
+        return run
+
+    def thread_busy(self, thread_id: str) -> bool:
+        lane = self._lanes.get(thread_id)
+        return lane is not None and lane.busy
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._tasks)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking runs, let running ones finish within the grace period, cancel the rest."""
+        self._accepting = False
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for run_id, task in list(self._tasks.items()):
+            if not task.done():
+                for lane in self._lanes.values():
+                    lane.withdraw(run_id)
+                self._cancel_requests.setdefault(run_id, "shutdown")
+                engine = next((e for e in self._factory.active_engines()
+                               if e.context.run_id == run_id), None)
+                if engine is not None:
+                    engine.cancel("shutdown")
+        remaining = [t for t in self._tasks.values() if not t.done()]
+        if remaining:
+            await asyncio.wait(remaining, timeout=5)
+
+
+def _title(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= _TITLE_CHARS else line[: _TITLE_CHARS - 1].rstrip() + "…"

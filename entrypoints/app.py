@@ -1,0 +1,79 @@
+"""create_app(container): the aiohttp application, its routes and its ordered start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+from loguru import logger
+
+from container import Container
+from entrypoints.appkeys import CONTAINER, LIFECYCLE, SERVICES, SETTINGS, Lifecycle, Services
+from entrypoints.http.handlers import routes
+from entrypoints.middlewares import authentication, errors, request_ids
+from entrypoints.ws import websocket
+
+STATIC = Path(__file__).parent / "static"
+CLOSE_GOING_AWAY = 1001
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    """Startup: resources (database, migrations, logs), bridge, factory, then ready; stop in reverse."""
+    container = app[CONTAINER]
+    await container.init_resources()
+    try:
+        bridge = await container.bridge()
+        await bridge.start()
+        app[SERVICES] = Services(
+            auth=await container.auth_service(),
+            chat=await container.chat_service(),
+            conversations=await container.conversation_service(),
+            factory=await container.engine_factory(),
+            bridge=bridge,
+        )
+        app[LIFECYCLE].ready = True
+        logger.info("goldenpath ready (env={})", app[SETTINGS].env)
+        yield
+    finally:
+        app[LIFECYCLE].ready = False
+        if SERVICES in app:
+            await app[SERVICES].factory.shutdown()
+            await app[SERVICES].bridge.stop()
+        await container.shutdown_resources()
+
+
+async def _drain(app: web.Application) -> None:
+    """On shutdown: not ready, finish or cancel runs within the grace period, close sockets with 1001."""
+    lifecycle = app[LIFECYCLE]
+    lifecycle.draining = True
+    if SERVICES not in app:
+        return
+    services = app[SERVICES]
+    await services.chat.drain(app[SETTINGS].server.shutdown_grace_s)
+    sockets = services.bridge.connections()
+    await asyncio.gather(*(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in sockets),
+                         return_exceptions=True)
+
+
+def create_app(container: Container) -> web.Application:
+    settings = container.settings()
+    app = web.Application(
+        middlewares=[request_ids, errors, authentication],
+        client_max_size=settings.server.max_body_bytes,
+    )
+    app[CONTAINER] = container
+    app[SETTINGS] = settings
+    app[LIFECYCLE] = Lifecycle()
+    app.add_routes(routes)
+    app.router.add_get("/ws", websocket)
+    app.router.add_get("/", _index)
+    app.router.add_static("/static", STATIC)
+    app.cleanup_ctx.append(_resources)
+    app.on_shutdown.append(_drain)
+    return app

@@ -1,0 +1,41 @@
+"""Typed application state: every web.AppKey of the server in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from adapters.bridge import AgentWebSocketBridge
+from container import Container, Settings
+from domain.auth import AuthService
+from domain.chat import ChatService
+from domain.conversations import ConversationService
+from domain.factory import ExecutionEngineFactory
+from domain.model import User
+
+
+@dataclass(slots=True)
+class Services:
+    """The object graph resolved once at startup; handlers use these, never the container."""
+
+    auth: AuthService
+    chat: ChatService
+    conversations: ConversationService
+    factory: ExecutionEngineFactory
+    bridge: AgentWebSocketBridge
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    ready: bool = False
+    draining: bool = False
+
+
+CONTAINER = web.AppKey("container", Container)
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", Services)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+USER = web.RequestKey("user", User)

@@ -1,0 +1,140 @@
+"""The `goldenpath` command: serve, users, migrate, audit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from aiohttp import web
+
+from container import Container
+from container.logging import configure_logging
+from domain.errors import DomainError
+
+T = TypeVar("T")
+
+
+def _container() -> Container:
+    container = Container()
+    settings = container.settings()
+    configure_logging(settings.log, production=settings.env == "production")
+    return container
+
+
+async def _with_resources(container: Container, work: Callable[[Container], Awaitable[T]]) -> T:
+    await container.init_resources()
+    try:
+        return await work(container)
+    finally:
+        await container.shutdown_resources()
+
+
+def serve(args: argparse.Namespace) -> int:
+    from entrypoints.app import create_app
+
+    container = _container()
+    settings = container.settings()
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    web.run_app(create_app(container), host=host, port=port, access_log=None,
+                shutdown_timeout=settings.server.shutdown_grace_s + 5,
+                print=lambda _: print(f"goldenpath serving on http://{host}:{port}", flush=True))
+    return 0
+
+
+def users_add(args: argparse.Namespace) -> int:
+    password = args.password or getpass.getpass(f"Password for {args.username}: ")
+
+    async def work(container: Container) -> int:
+        auth = await container.auth_service()
+        user = await auth.register(args.username, password)
+        print(f"added {user.username} ({user.id})")
+        return 0
+
+    return asyncio.run(_with_resources(_container(), work))
+
+
+def users_list(args: argparse.Namespace) -> int:
+    async def work(container: Container) -> int:
+        users = await container.users()
+        for user in await users.list():
+            print(f"{user.id}  {user.username}  {user.created_at.isoformat()}")
+        return 0
+
+    return asyncio.run(_with_resources(_container(), work))
+
+
+def migrate(args: argparse.Namespace) -> int:
+    from adapters.persistence.database import Database
+
+    async def run() -> None:
+        database = Database(_container().settings().database.url)
+        try:
+            await database.migrate()
+        finally:
+            await database.dispose()
+
+    asyncio.run(run())
+    print("database is at the latest schema")
+    return 0
+
+
+def audit(args: argparse.Namespace) -> int:
+    async def work(container: Container) -> int:
+        audit_log = await container.audit_log()
+        entries = await audit_log.list(user_id=args.user, limit=args.limit)
+        for entry in reversed(list(entries)):
+            parts = [entry.at.isoformat(timespec="seconds"), entry.user_id, entry.action.value]
+            parts += [f"run={entry.run_id}"] if entry.run_id else []
+            parts += [f"outcome={entry.outcome}"] if entry.outcome else []
+            parts += [f"detail={entry.detail}"] if entry.detail else []
+            print("  ".join(parts))
+        return 0
+
+    return asyncio.run(_with_resources(_container(), work))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="goldenpath", description="A multi-user AI agent server.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("serve", help="run the server")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=serve)
+
+    users = commands.add_parser("users", help="manage users").add_subparsers(dest="users", required=True)
+    p = users.add_parser("add", help="add a user (the password is prompted unless given)")
+    p.add_argument("username")
+    p.add_argument("--password", default=None, help="for scripts; prefer the prompt")
+    p.set_defaults(func=users_add)
+    p = users.add_parser("list", help="list users")
+    p.set_defaults(func=users_list)
+
+    p = commands.add_parser("migrate", help="bring the database schema up to date")
+    p.set_defaults(func=migrate)
+
+    p = commands.add_parser("audit", help="print the audit trail, oldest first")
+    p.add_argument("--user", default=None, help="only this user id")
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=audit)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DomainError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

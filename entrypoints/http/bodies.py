@@ -1,0 +1,38 @@
+"""Reading JSON bodies into typed request models, with the protocol's error codes."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from entrypoints.errors import ApiError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+async def read_body(request: web.Request, model: type[Model], *, invalid_code: str) -> Model:
+    """Parse the body as JSON, then as `model`; bad JSON is invalid_json, a bad shape `invalid_code`."""
+    raw = await request.read()
+    try:
+        payload = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError("invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise ApiError(invalid_code, "The request body must be a JSON object.")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise ApiError(invalid_code, describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "body"
+    if first["type"] == "missing":
+        return f"'{where}' is required."
+    if first["type"] == "extra_forbidden":
+        return f"'{where}' is not a field of this request."
+    return f"'{where}': {first['msg']}."

@@ -1,0 +1,120 @@
+"""HTTP handlers: thin, each turns a request into one use-case call and its result into JSON."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from domain.events import EventType
+from entrypoints.appkeys import LIFECYCLE, SERVICES, USER
+from entrypoints.http.bodies import read_body
+from entrypoints.http.schemas import ChatMessageBody, Credentials
+from entrypoints.http.views import message_view, run_view, thread_view
+from entrypoints.middlewares import request_id_of
+
+routes = web.RouteTableDef()
+
+
+def _user_id(request: web.Request) -> str:
+    return request[USER].id
+
+
+@routes.post("/api/auth/register")
+async def register(request: web.Request) -> web.Response:
+    body = await read_body(request, Credentials, invalid_code="validation_error")
+    user = await request.app[SERVICES].auth.register(body.username, body.password)
+    return web.json_response({"user_id": user.id, "username": user.username}, status=201)
+
+
+@routes.post("/api/auth/login")
+async def login(request: web.Request) -> web.Response:
+    body = await read_body(request, Credentials, invalid_code="validation_error")
+    token = await request.app[SERVICES].auth.login(body.username, body.password)
+    return web.json_response(
+        {"access_token": token.access_token, "token_type": "bearer", "expires_in": token.expires_in}
+    )
+
+
+@routes.get("/api/me")
+async def me(request: web.Request) -> web.Response:
+    user = request[USER]
+    return web.json_response({"user_id": user.id, "username": user.username})
+
+
+@routes.post("/api/chat/message")
+async def chat_message(request: web.Request) -> web.Response:
+    body = await read_body(request, ChatMessageBody, invalid_code="invalid_message")
+    services = request.app[SERVICES]
+    user_id = _user_id(request)
+    submission = await services.chat.submit(
+        user_id=user_id,
+        text=body.message,
+        request_id=request_id_of(request),
+        thread_id=body.thread_id,
+        client_message_id=body.client_message_id,
+        multitask=body.multitask,
+    )
+    run = submission.run
+    if not body.wait:
+        return web.json_response({"run_id": run.id, "thread_id": run.thread_id}, status=202)
+    finished = await services.chat.wait(user_id, run.id)
+    events = await services.conversations.run_events(user_id, run.id)
+    answer = next((e.data.get("text") for e in events if e.type is EventType.AGENT_COMPLETED), None)
+    return web.json_response({
+        "run_id": finished.id,
+        "thread_id": finished.thread_id,
+        "status": finished.status.value,
+        "answer": answer,
+        "events": [event.to_wire() for event in events],
+    })
+
+
+@routes.get("/api/runs/{run_id}")
+async def get_run(request: web.Request) -> web.Response:
+    run = await request.app[SERVICES].conversations.run(_user_id(request), request.match_info["run_id"])
+    return web.json_response(run_view(run))
+
+
+@routes.post("/api/runs/{run_id}/cancel")
+async def cancel_run(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    run = await services.chat.cancel(_user_id(request), run_id=request.match_info["run_id"])
+    run = await services.conversations.run(_user_id(request), run.id)
+    return web.json_response({"run_id": run.id, "status": run.status.value}, status=202)
+
+
+@routes.get("/api/threads")
+async def list_threads(request: web.Request) -> web.Response:
+    threads = await request.app[SERVICES].conversations.threads(_user_id(request))
+    return web.json_response({"threads": [thread_view(t) for t in threads]})
+
+
+@routes.get("/api/threads/{thread_id}/messages")
+async def thread_messages(request: web.Request) -> web.Response:
+    messages = await request.app[SERVICES].conversations.messages(
+        _user_id(request), request.match_info["thread_id"]
+    )
+    return web.json_response({"messages": [message_view(m) for m in messages]})
+
+
+@routes.delete("/api/threads/{thread_id}")
+async def delete_thread(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    thread_id = request.match_info["thread_id"]
+    await services.conversations.delete_thread(
+        _user_id(request), thread_id, busy=services.chat.thread_busy(thread_id)
+    )
+    return web.Response(status=204)
+
+
+@routes.get("/health")
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+@routes.get("/ready")
+async def ready(request: web.Request) -> web.Response:
+    lifecycle = request.app[LIFECYCLE]
+    if lifecycle.ready and not lifecycle.draining:
+        return web.json_response({"status": "ready"})
+    state = "draining" if lifecycle.draining else "starting"
+    return web.json_response({"status": state}, status=503)

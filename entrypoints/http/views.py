@@ -1,0 +1,34 @@
+"""Domain objects as the protocol's JSON."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from domain.model import Message, Run, Thread
+
+
+def iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+def run_view(run: Run) -> dict[str, Any]:
+    view: dict[str, Any] = {"run_id": run.id, "thread_id": run.thread_id, "status": run.status.value,
+                            "created_at": iso(run.created_at)}
+    if run.finished_at is not None:
+        view["finished_at"] = iso(run.finished_at)
+    if run.error is not None:
+        view["error"] = run.error
+    return view
+
+
+def thread_view(thread: Thread) -> dict[str, Any]:
+    return {"thread_id": thread.id, "title": thread.title, "updated_at": iso(thread.updated_at)}
+
+
+def message_view(message: Message) -> dict[str, Any]:
+    view: dict[str, Any] = {"message_id": message.id, "role": message.role.value, "text": message.text,
+                            "created_at": iso(message.created_at)}
+    if message.run_id is not None:
+        view["run_id"] = message.run_id
+    return view

@@ -1,0 +1,59 @@
+"""Shared fixtures: settings for tests and a real server on a free port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from dependency_injector import providers
+
+from container import Container, Settings
+from entrypoints.app import create_app
+from tests.e2e.client import Server
+
+
+def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    """Test settings: a fresh SQLite file, cheap argon2, no streaming pause; sections override."""
+    base: dict[str, dict[str, Any]] = {
+        "database": {"url": f"sqlite+aiosqlite:///{tmp_path}/goldenpath.db"},
+        "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1},
+        "model": {"builtin_delay_ms": 0},
+        "server": {"ws_auth_timeout_s": 1.0, "shutdown_grace_s": 2.0},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return Settings(env="test", _env_file=None, **base)
+
+
+async def start_server(container: Container) -> tuple[Server, web.AppRunner]:
+    app = create_app(container)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return Server(base_url=f"http://127.0.0.1:{port}", app=app, container=container), runner
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def container(settings: Settings) -> Container:
+    container = Container()
+    container.settings.override(providers.Object(settings))
+    return container
+
+
+@pytest.fixture
+async def server(container: Container) -> AsyncIterator[Server]:
+    running, runner = await start_server(container)
+    try:
+        yield running
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,94 @@
+"""A small test client built on libraries that are not the project's own (aiohttp client, websockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import websockets
+from aiohttp import web
+
+TERMINAL = {"agent_completed", "agent_error", "agent_cancelled"}
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Server:
+    base_url: str
+    app: web.Application
+    container: Any
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://") + "/ws"
+
+
+@dataclass
+class User:
+    server: Server
+    username: str
+    user_id: str
+    token: str
+    frames: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    async def http(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as session, session.request(
+            method, self.server.base_url + path, headers=self.auth, **kwargs
+        ) as response:
+            body = await response.text()
+            return response.status, (json.loads(body) if body else None)
+
+    def connect(self) -> Any:
+        return websockets.connect(self.server.ws_url, additional_headers=self.auth,
+                                  max_size=2**22, open_timeout=10)
+
+
+async def register(server: Server, username: str | None = None) -> User:
+    name = username or f"user_{secrets.token_hex(4)}"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(server.base_url + "/api/auth/register",
+                                json={"username": name, "password": PASSWORD}) as response:
+            assert response.status == 201, await response.text()
+            user_id = (await response.json())["user_id"]
+        async with session.post(server.base_url + "/api/auth/login",
+                                json={"username": name, "password": PASSWORD}) as response:
+            assert response.status == 200, await response.text()
+            token = (await response.json())["access_token"]
+    return User(server=server, username=name, user_id=user_id, token=token)
+
+
+async def recv(ws: Any, timeout: float = 10) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def until_ready(ws: Any) -> dict[str, Any]:
+    frame = await recv(ws)
+    assert frame["type"] == "ready", frame
+    return frame
+
+
+async def chat(ws: Any, message: str, **fields: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Send one chat frame; return its ack and the run's events up to the terminal one."""
+    await ws.send(json.dumps({"type": "chat", "message": message, **fields}))
+    ack = await recv(ws)
+    assert ack["type"] == "ack", ack
+    return ack, await run_events(ws, ack["run_id"])
+
+
+async def run_events(ws: Any, run_id: str, timeout: float = 20) -> list[dict[str, Any]]:
+    events = []
+    while True:
+        frame = await recv(ws, timeout)
+        if frame.get("run_id") != run_id:
+            continue
+        events.append(frame)
+        if frame["type"] in TERMINAL:
+            return events
