@@ -25,5 +25,5 @@ def configure_logging(settings: LogSettings, *, production: bool) -> None:
     logger.add(sys.stderr, level=settings.level.upper(), serialize=json_lines, backtrace=False,
                diagnose=False)
     logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
-    for noisy in ("aiohttp.access", "aiosqlite", "sqlalchemy.engine"):
+    for noisy in ("aiohttp.access", "aiosqlite", "sqlalchemy.engine", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_JWT_SECRET = "goldenpath-development-secret-do-not-use-in-production"
+# Known to everyone, so production refuses it (a token signed with it proves nothing).
+DEV_JWT_SECRET = "goldenpath-development-secret-do-not-use-in-production"  # noqa: S105
 
 
 class ServerSettings(BaseModel):

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 from domain.errors import Unauthorized, ValidationFailed
 from domain.model import AuditAction, AuditEntry, User
-from domain.ports import AuditLog, Clock, IdGenerator, IssuedToken, PasswordHasher, TokenService, UserRepository
+from domain.ports import (
+    AuditLog,
+    Clock,
+    IdGenerator,
+    IssuedToken,
+    PasswordHasher,
+    TokenService,
+    UserRepository,
+)
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{2,31}$")
 _BAD_CREDENTIALS = "Wrong username or password."
@@ -45,7 +53,8 @@ class AuthService:
     def _check_new_credentials(self, username: object, password: object) -> tuple[str, str]:
         if not isinstance(username, str) or not _USERNAME.match(username):
             raise ValidationFailed(
-                "A username is 3 to 32 letters, digits, '.', '_' or '-', starting with a letter or digit."
+                "A username is 3 to 32 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit."
             )
         if not isinstance(password, str):
             raise ValidationFailed("The password must be a string.")
@@ -66,7 +75,9 @@ class AuthService:
             created_at=self._clock.now(),
         )
         await self._users.add(user)  # raises Conflict if the name is taken
-        self._audit.record(AuditEntry(user_id=user.id, action=AuditAction.USER_REGISTERED, at=user.created_at))
+        self._audit.record(
+            AuditEntry(user_id=user.id, action=AuditAction.USER_REGISTERED, at=user.created_at)
+        )
         return user
 
     async def login(self, username: object, password: object) -> IssuedToken:

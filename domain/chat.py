@@ -155,11 +155,12 @@ class ChatService:
         if multitask is Multitask.INTERRUPT:
             self._interrupt(user_id, lane)
         self._pending[user_id] += 1
+        turn = lane.join(run.id)
         self._tasks[run.id] = asyncio.create_task(
-            self._execute(run, request_id, lane), name=f"run:{run.id}"
+            self._execute(run, request_id, lane, turn), name=f"run:{run.id}"
         )
         # Nothing awaited since create_task: the caller's ack is queued before the run's first event.
-        status = RunStatus.QUEUED if lane.busy else RunStatus.RUNNING
+        status = RunStatus.RUNNING if turn.done() else RunStatus.QUEUED
         return Submission(replace(run, status=status))
 
     def _interrupt(self, user_id: str, lane: ThreadLane) -> None:
@@ -170,10 +171,11 @@ class ChatService:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def _execute(self, run: Run, request_id: str, lane: ThreadLane) -> None:
+    async def _execute(self, run: Run, request_id: str, lane: ThreadLane,
+                       turn: asyncio.Future[bool]) -> None:
         my_turn = False
         try:
-            my_turn = await lane.enter(run.id)
+            my_turn = await lane.wait_turn(run.id, turn)
             context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id,
                                            run_id=run.id, request_id=request_id,
                                            created_at=self._clock.now())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -162,10 +163,9 @@ class UserExecutionEngine:
             return
         if self._task is not None and not self._task.done():
             self._task.cancel()
-            try:
+            # The run is over; whatever it raised was already reported.
+            with contextlib.suppress(BaseException):
                 await self._task
-            except BaseException:  # noqa: S110 - the run is over; its error was already reported
-                pass
         if self._started and not self._emitter.terminal_sent:
             try:
                 await self._emitter.emit(

@@ -33,13 +33,20 @@ class ThreadLane:
     def waiting_ids(self) -> list[str]:
         return [run_id for run_id, _ in self._waiting]
 
-    async def enter(self, run_id: str) -> bool:
-        """Wait for this run's turn: True when it is, False when it was withdrawn first."""
+    def join(self, run_id: str) -> asyncio.Future[bool]:
+        """Take a place in line now (synchronously, so the next message sees the thread busy).
+
+        The future is True when it is this run's turn, False when the run was withdrawn first.
+        """
+        turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if self.active is None and not self._waiting:
             self.active = run_id
-            return True
-        turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((run_id, turn))
+            turn.set_result(True)
+        else:
+            self._waiting.append((run_id, turn))
+        return turn
+
+    async def wait_turn(self, run_id: str, turn: asyncio.Future[bool]) -> bool:
         try:
             return await turn
         except asyncio.CancelledError:

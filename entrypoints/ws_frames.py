@@ -25,7 +25,8 @@ def _optional_id(frame: dict[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > _MAX_ID:
-        raise FrameError("invalid_message", f"'{name}' must be a non-empty string of at most {_MAX_ID} characters.")
+        raise FrameError("invalid_message",
+                         f"'{name}' must be a non-empty string of at most {_MAX_ID} characters.")
     return value
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
-from domain.model import Note
+from domain.errors import Conflict
+from domain.events import AgentEvent
+from domain.llm import ModelChunk, ModelRequest, TextDelta
+from domain.model import AuditEntry, Message, Note, Run, RunStatus, Thread, User
 
 
 class FixedClock:
@@ -54,3 +60,168 @@ class InMemoryNoteRepository:
         # Best match first; among equals the newest, as a person would correct an old fact.
         matches.sort(key=lambda pair: (pair[0], pair[1].created_at), reverse=True)
         return [note for _, note in matches[:limit]]
+
+
+class InMemoryUserRepository:
+    def __init__(self) -> None:
+        self.users: dict[str, User] = {}
+
+    async def add(self, user: User) -> None:
+        if any(u.username == user.username for u in self.users.values()):
+            raise Conflict("That username is taken.")
+        self.users[user.id] = user
+
+    async def get(self, user_id: str) -> User | None:
+        return self.users.get(user_id)
+
+    async def get_by_username(self, username: str) -> User | None:
+        return next((u for u in self.users.values() if u.username == username), None)
+
+    async def list(self) -> Sequence[User]:
+        return list(self.users.values())
+
+
+class InMemoryThreadRepository:
+    def __init__(self) -> None:
+        self.threads: dict[str, Thread] = {}
+
+    async def add(self, thread: Thread) -> None:
+        self.threads[thread.id] = thread
+
+    async def get(self, user_id: str, thread_id: str) -> Thread | None:
+        thread = self.threads.get(thread_id)
+        return thread if thread is not None and thread.user_id == user_id else None
+
+    async def list_for_user(self, user_id: str) -> Sequence[Thread]:
+        mine = [t for t in self.threads.values() if t.user_id == user_id]
+        return sorted(mine, key=lambda t: t.updated_at, reverse=True)
+
+    async def touch(self, thread_id: str, at: datetime) -> None:
+        if thread_id in self.threads:
+            self.threads[thread_id] = replace(self.threads[thread_id], updated_at=at)
+
+    async def delete(self, user_id: str, thread_id: str) -> bool:
+        if await self.get(user_id, thread_id) is None:
+            return False
+        del self.threads[thread_id]
+        return True
+
+
+class InMemoryMessageRepository:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def add(self, message: Message) -> None:
+        self.messages.append(message)
+
+    async def list_for_thread(self, user_id: str, thread_id: str) -> Sequence[Message]:
+        return [m for m in self.messages if m.thread_id == thread_id and m.user_id == user_id]
+
+
+class InMemoryRunRepository:
+    def __init__(self) -> None:
+        self.runs: dict[str, Run] = {}
+
+    async def add(self, run: Run) -> None:
+        if run.client_message_id is not None and any(
+            r.user_id == run.user_id and r.client_message_id == run.client_message_id
+            for r in self.runs.values()
+        ):
+            raise Conflict("A run for that client_message_id exists already.")
+        self.runs[run.id] = run
+
+    async def get(self, user_id: str, run_id: str) -> Run | None:
+        run = self.runs.get(run_id)
+        return run if run is not None and run.user_id == user_id else None
+
+    async def get_by_client_message_id(self, user_id: str, client_message_id: str) -> Run | None:
+        return next((r for r in self.runs.values()
+                     if r.user_id == user_id and r.client_message_id == client_message_id), None)
+
+    async def set_status(self, run_id: str, status: RunStatus, *, finished_at: datetime | None = None,
+                         error: str | None = None) -> None:
+        run = self.runs[run_id]
+        self.runs[run_id] = replace(run, status=status, finished_at=finished_at or run.finished_at,
+                                    error=error or run.error)
+
+
+class InMemoryEventLog:
+    """Every event in append order; the cursor is the position."""
+
+    def __init__(self) -> None:
+        self.events: list[AgentEvent] = []
+
+    async def append(self, event: AgentEvent) -> AgentEvent:
+        stored = event.with_cursor(f"{len(self.events) + 1:020d}")
+        self.events.append(stored)
+        return stored
+
+    async def read_run(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]:
+        return [e for e in self.events
+                if e.user_id == user_id and e.run_id == run_id and e.seq > after_seq]
+
+    async def read_user(self, user_id: str, after_cursor: str | None) -> list[AgentEvent]:
+        return [e for e in self.events
+                if e.user_id == user_id and (after_cursor is None or (e.cursor or "") > after_cursor)]
+
+    def types(self, run_id: str) -> list[str]:
+        return [e.type.value for e in self.events if e.run_id == run_id]
+
+
+class InMemoryAuditLog:
+    def __init__(self) -> None:
+        self.entries: list[AuditEntry] = []
+
+    def record(self, entry: AuditEntry) -> None:
+        self.entries.append(entry)
+
+    async def list(self, *, user_id: str | None = None, limit: int = 100) -> Sequence[AuditEntry]:
+        chosen = [e for e in self.entries if user_id is None or e.user_id == user_id]
+        return list(reversed(chosen))[:limit]
+
+
+class RecordingSocket:
+    """Stands in for a SocketConnection: keeps every frame the bridge delivers."""
+
+    def __init__(self, user_id: str, connection_id: str = "conn_test") -> None:
+        self.user_id = user_id
+        self.connection_id = connection_id
+        self.frames: list[dict] = []
+
+    def send(self, frame: str) -> bool:
+        self.frames.append(json.loads(frame))
+        return True
+
+
+class ScriptedModel:
+    """A chat model that plays back scripted steps: each step a list of chunks, or an exception.
+
+    `pause_s` waits before each chunk so tests can cancel mid-stream; `hang` never answers.
+    """
+
+    name = "scripted"
+
+    def __init__(self, *steps: list[ModelChunk] | Exception, pause_s: float = 0.0,
+                 hang: bool = False) -> None:
+        self._steps = list(steps)
+        self.pause_s = pause_s
+        self.hang = hang
+        self.requests: list[ModelRequest] = []
+
+    async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
+        self.requests.append(request)
+        if self.hang:
+            await asyncio.Event().wait()
+        step = self._steps[min(len(self.requests), len(self._steps)) - 1]
+        if isinstance(step, Exception):
+            raise step
+        for chunk in step:
+            if self.pause_s:
+                await asyncio.sleep(self.pause_s)
+            yield chunk
+
+
+def answer(text: str) -> list[ModelChunk]:
+    """A model step that streams `text` word by word."""
+    words = text.split(" ")
+    return [TextDelta(w if i == 0 else " " + w) for i, w in enumerate(words)]

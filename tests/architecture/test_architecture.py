@@ -123,4 +123,4 @@ def test_context_is_frozen_and_its_metadata_read_only() -> None:
     with pytest.raises(TypeError):
         made.metadata["origin"] = "x"  # type: ignore[index]
     with pytest.raises(InvalidContext, match="created_at"):
-        context(created_at=datetime(2026, 1, 1))  # noqa: DTZ001
+        context(created_at=datetime(2026, 1, 1))
