@@ -43,6 +43,12 @@ class ThreadBusy(DomainError):
     code = "thread_busy"
 
 
+class CursorExpired(DomainError):
+    """A resume cursor older than what the event log still keeps."""
+
+    code = "cursor_expired"
+
+
 class InvalidContext(ValueError):
     """A UserExecutionContext built from empty, placeholder or malformed values."""
 

@@ -62,6 +62,9 @@ class Run:
     client_message_id: str | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    # The process that runs it, and until when: a run whose lease lapses was orphaned by a crash.
+    owner: str | None = None
+    lease_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

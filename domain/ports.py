@@ -43,7 +43,15 @@ class EventLog(Protocol):
 
     async def read_run(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]: ...
 
-    async def read_user(self, user_id: str, after_cursor: str | None) -> list[AgentEvent]: ...
+    async def read_user(self, user_id: str, after_cursor: str | None) -> list[AgentEvent]:
+        """Events after the cursor, in cursor order; CursorExpired if later ones were pruned."""
+        ...
+
+    async def last_seq(self, run_id: str) -> int: ...
+
+    async def prune(self, older_than: datetime) -> int:
+        """Delete events older than the retention period; returns how many."""
+        ...
 
 
 class UserRepository(Protocol):
@@ -89,6 +97,17 @@ class RunRepository(Protocol):
         finished_at: datetime | None = None,
         error: str | None = None,
     ) -> None: ...
+
+    async def renew_leases(self, owner: str, until: datetime) -> int:
+        """Extend the lease of every unfinished run this owner holds; returns how many."""
+        ...
+
+    async def claim_orphans(self, now: datetime, error: str, limit: int = 100) -> Sequence[Run]:
+        """Atomically fail unfinished runs whose lease lapsed before `now`; returns those runs.
+
+        Two processes sweeping at once never claim the same run twice.
+        """
+        ...
 
 
 class NoteRepository(Protocol):

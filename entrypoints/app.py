@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from aiohttp import web
 from loguru import logger
 
 from container import Container
-from entrypoints.appkeys import CONTAINER, LIFECYCLE, SERVICES, SETTINGS, Lifecycle, Services
+from entrypoints.appkeys import CONTAINER, LIFECYCLE, SETTINGS, Lifecycle, Services
 from entrypoints.http.handlers import routes
 from entrypoints.middlewares import authentication, errors, request_ids
 from entrypoints.ws import websocket
@@ -23,38 +24,57 @@ async def _index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
 
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    """Startup: resources (database, migrations, logs), bridge, factory, then ready; stop in reverse."""
+async def _boot(app: web.Application) -> None:
+    """Resources (database, migrations, logs), bridge, factory, then ready.
+
+    It runs after the listener opened, so a client that comes early gets 1013 or 503 and
+    retries, instead of a connection refused or a half-built server.
+    """
     container = app[CONTAINER]
     await container.init_resources()
-    try:
-        bridge = await container.bridge()
-        await bridge.start()
-        app[SERVICES] = Services(
-            auth=await container.auth_service(),
-            chat=await container.chat_service(),
-            conversations=await container.conversation_service(),
-            factory=await container.engine_factory(),
-            bridge=bridge,
-        )
-        app[LIFECYCLE].ready = True
-        logger.info("goldenpath ready (env={})", app[SETTINGS].env)
-        yield
-    finally:
-        app[LIFECYCLE].ready = False
-        if SERVICES in app:
-            await app[SERVICES].factory.shutdown()
-            await app[SERVICES].bridge.stop()
-        await container.shutdown_resources()
+    bridge = await container.bridge()
+    await bridge.start()
+    app[LIFECYCLE].services = Services(
+        auth=await container.auth_service(),
+        chat=await container.chat_service(),
+        conversations=await container.conversation_service(),
+        factory=await container.engine_factory(),
+        bridge=bridge,
+    )
+    app[LIFECYCLE].ready = True
+    logger.info("goldenpath ready (env={})", app[SETTINGS].env)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    boot = asyncio.create_task(_boot(app), name="boot")
+    app[LIFECYCLE].boot = boot
+    yield
+    app[LIFECYCLE].ready = False
+    if not boot.done():
+        boot.cancel()
+    with contextlib.suppress(BaseException):
+        await boot
+    resolved = app[LIFECYCLE].services
+    if resolved is not None:
+        await resolved.factory.shutdown()
+        await resolved.bridge.stop()
+    await app[CONTAINER].shutdown_resources()
+
+
+async def wait_ready(app: web.Application) -> None:
+    """For embedding and tests: returns once the app is ready, raises if its boot failed."""
+    boot = app[LIFECYCLE].boot
+    if boot is not None:
+        await asyncio.shield(boot)
 
 
 async def _drain(app: web.Application) -> None:
     """On shutdown: not ready, finish or cancel runs within the grace period, close sockets with 1001."""
     lifecycle = app[LIFECYCLE]
     lifecycle.draining = True
-    if SERVICES not in app:
+    services = lifecycle.services
+    if services is None:
         return
-    services = app[SERVICES]
     await services.chat.drain(app[SETTINGS].server.shutdown_grace_s)
     sockets = services.bridge.connections()
     await asyncio.gather(*(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in sockets),
@@ -74,6 +94,6 @@ def create_app(container: Container) -> web.Application:
     app.router.add_get("/ws", websocket)
     app.router.add_get("/", _index)
     app.router.add_static("/static", STATIC)
-    app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -11,8 +12,13 @@ from container import Container, Settings
 from domain.auth import AuthService
 from domain.chat import ChatService
 from domain.conversations import ConversationService
+from domain.errors import DomainError
 from domain.factory import ExecutionEngineFactory
 from domain.model import User
+
+
+class ServerNotReady(DomainError):
+    code = "server_not_ready"
 
 
 @dataclass(slots=True)
@@ -30,12 +36,21 @@ class Services:
 class Lifecycle:
     ready: bool = False
     draining: bool = False
+    boot: asyncio.Task[None] | None = None
+    services: Services | None = None
 
 
 CONTAINER = web.AppKey("container", Container)
 SETTINGS = web.AppKey("settings", Settings)
-SERVICES = web.AppKey("services", Services)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 USER = web.RequestKey("user", User)
+
+
+def services(app: web.Application) -> Services:
+    """The app's services once it is ready; server_not_ready before."""
+    resolved = app[LIFECYCLE].services
+    if resolved is None:
+        raise ServerNotReady("The server is starting or stopping; retry shortly.")
+    return resolved

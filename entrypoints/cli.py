@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
+from loguru import logger
 
 from container import Container
 from container.logging import configure_logging
@@ -34,16 +36,43 @@ async def _with_resources(container: Container, work: Callable[[Container], Awai
 
 
 def serve(args: argparse.Namespace) -> int:
-    from entrypoints.app import create_app
-
     container = _container()
     settings = container.settings()
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    web.run_app(create_app(container), host=host, port=port, access_log=None,
-                shutdown_timeout=settings.server.shutdown_grace_s + 5,
-                print=lambda _: print(f"goldenpath serving on http://{host}:{port}", flush=True))
-    return 0
+    return asyncio.run(_serve(container, host, port))
+
+
+async def _serve(container: Container, host: str, port: int) -> int:
+    """Listen at once, boot in the background, stop cleanly on SIGTERM or SIGINT."""
+    from entrypoints.app import create_app, wait_ready
+
+    app = create_app(container)
+    grace = container.settings().server.shutdown_grace_s
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace + 5)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    exit_code = 0
+    try:
+        await web.TCPSite(runner, host, port).start()
+        print(f"goldenpath listening on http://{host}:{port}", flush=True)
+        booted = asyncio.ensure_future(wait_ready(app))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({booted, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if booted.done() and booted.exception() is not None:
+            logger.opt(exception=booted.exception()).critical("goldenpath could not start")
+            exit_code = 1
+        else:
+            await stopped
+        booted.cancel()
+        logger.info("goldenpath stopping")
+    finally:
+        await runner.cleanup()
+    logger.info("goldenpath stopped")
+    return exit_code
 
 
 def users_add(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from aiohttp.typedefs import Handler
 from loguru import logger
 
 from domain.errors import DomainError, Unauthorized
-from entrypoints.appkeys import LIFECYCLE, REQUEST_ID, SERVICES, USER
+from entrypoints.appkeys import LIFECYCLE, REQUEST_ID, USER, services
 from entrypoints.errors import ApiError, error_response, from_domain
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
@@ -69,5 +69,5 @@ async def authentication(request: web.Request, handler: Handler) -> web.StreamRe
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Send 'Authorization: Bearer <access_token>'; log in to get one.")
-    request[USER] = await request.app[SERVICES].auth.authenticate(token.strip())
+    request[USER] = await services(request.app).auth.authenticate(token.strip())
     return await handler(request)

@@ -11,7 +11,7 @@ from loguru import logger
 
 from adapters.websocket import SocketConnection
 from domain.errors import Unauthorized
-from entrypoints.appkeys import LIFECYCLE, SERVICES, SETTINGS
+from entrypoints.appkeys import LIFECYCLE, SETTINGS, services
 from entrypoints.middlewares import request_id_of
 from entrypoints.ws_frames import FrameDispatcher
 
@@ -45,7 +45,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if not lifecycle.ready or lifecycle.draining:
         await ws.close(code=CLOSE_TRY_AGAIN, message=b"server not ready: try again shortly")
         return ws
-    services = request.app[SERVICES]
+    found = services(request.app)
 
     header = request.headers.get("Authorization", "")
     scheme, _, header_token = header.partition(" ")
@@ -53,7 +53,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if token is None:
         token = await _token_from_first_frame(ws, settings.ws_auth_timeout_s)
     try:
-        user = await services.auth.authenticate(token)
+        user = await found.auth.authenticate(token)
     except Unauthorized as exc:
         await ws.close(code=CLOSE_UNAUTHORIZED, message=exc.message.encode()[:120])
         return ws
@@ -63,8 +63,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     connection.start()
     connection.send_json({"type": "ready", "user_id": user.id,
                           "connection_id": connection.connection_id})
-    services.bridge.register(connection)
-    dispatcher = FrameDispatcher(chat=services.chat, connection=connection,
+    found.bridge.register(connection)
+    dispatcher = FrameDispatcher(chat=found.chat, connection=connection,
                                  request_id=request_id_of(request))
     with logger.contextualize(user_id=user.id, connection_id=connection.connection_id):
         try:
@@ -79,6 +79,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         except Exception:
             logger.exception("socket {} failed", connection.connection_id)
         finally:
-            services.bridge.unregister(connection)
+            found.bridge.unregister(connection)
             await connection.close()
     return ws

@@ -11,7 +11,7 @@ from aiohttp import web
 from dependency_injector import providers
 
 from container import Container, Settings
-from entrypoints.app import create_app
+from entrypoints.app import create_app, wait_ready
 from tests.e2e.client import Server
 
 
@@ -35,6 +35,7 @@ async def start_server(container: Container) -> tuple[Server, web.AppRunner]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await wait_ready(app)
     return Server(base_url=f"http://127.0.0.1:{port}", app=app, container=container), runner
 
 

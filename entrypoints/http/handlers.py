@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from domain.events import EventType
-from entrypoints.appkeys import LIFECYCLE, SERVICES, USER
+from entrypoints.appkeys import LIFECYCLE, USER, services
 from entrypoints.http.bodies import read_body
 from entrypoints.http.schemas import ChatMessageBody, Credentials
 from entrypoints.http.views import message_view, run_view, thread_view
@@ -21,14 +21,14 @@ def _user_id(request: web.Request) -> str:
 @routes.post("/api/auth/register")
 async def register(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials, invalid_code="validation_error")
-    user = await request.app[SERVICES].auth.register(body.username, body.password)
+    user = await services(request.app).auth.register(body.username, body.password)
     return web.json_response({"user_id": user.id, "username": user.username}, status=201)
 
 
 @routes.post("/api/auth/login")
 async def login(request: web.Request) -> web.Response:
     body = await read_body(request, Credentials, invalid_code="validation_error")
-    token = await request.app[SERVICES].auth.login(body.username, body.password)
+    token = await services(request.app).auth.login(body.username, body.password)
     return web.json_response(
         {"access_token": token.access_token, "token_type": "bearer", "expires_in": token.expires_in}
     )
@@ -43,9 +43,9 @@ async def me(request: web.Request) -> web.Response:
 @routes.post("/api/chat/message")
 async def chat_message(request: web.Request) -> web.Response:
     body = await read_body(request, ChatMessageBody, invalid_code="invalid_message")
-    services = request.app[SERVICES]
+    found = services(request.app)
     user_id = _user_id(request)
-    submission = await services.chat.submit(
+    submission = await found.chat.submit(
         user_id=user_id,
         text=body.message,
         request_id=request_id_of(request),
@@ -56,8 +56,8 @@ async def chat_message(request: web.Request) -> web.Response:
     run = submission.run
     if not body.wait:
         return web.json_response({"run_id": run.id, "thread_id": run.thread_id}, status=202)
-    finished = await services.chat.wait(user_id, run.id)
-    events = await services.conversations.run_events(user_id, run.id)
+    finished = await found.chat.wait(user_id, run.id)
+    events = await found.conversations.run_events(user_id, run.id)
     answer = next((e.data.get("text") for e in events if e.type is EventType.AGENT_COMPLETED), None)
     return web.json_response({
         "run_id": finished.id,
@@ -70,27 +70,27 @@ async def chat_message(request: web.Request) -> web.Response:
 
 @routes.get("/api/runs/{run_id}")
 async def get_run(request: web.Request) -> web.Response:
-    run = await request.app[SERVICES].conversations.run(_user_id(request), request.match_info["run_id"])
+    run = await services(request.app).conversations.run(_user_id(request), request.match_info["run_id"])
     return web.json_response(run_view(run))
 
 
 @routes.post("/api/runs/{run_id}/cancel")
 async def cancel_run(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    run = await services.chat.cancel(_user_id(request), run_id=request.match_info["run_id"])
-    run = await services.conversations.run(_user_id(request), run.id)
+    found = services(request.app)
+    run = await found.chat.cancel(_user_id(request), run_id=request.match_info["run_id"])
+    run = await found.conversations.run(_user_id(request), run.id)
     return web.json_response({"run_id": run.id, "status": run.status.value}, status=202)
 
 
 @routes.get("/api/threads")
 async def list_threads(request: web.Request) -> web.Response:
-    threads = await request.app[SERVICES].conversations.threads(_user_id(request))
+    threads = await services(request.app).conversations.threads(_user_id(request))
     return web.json_response({"threads": [thread_view(t) for t in threads]})
 
 
 @routes.get("/api/threads/{thread_id}/messages")
 async def thread_messages(request: web.Request) -> web.Response:
-    messages = await request.app[SERVICES].conversations.messages(
+    messages = await services(request.app).conversations.messages(
         _user_id(request), request.match_info["thread_id"]
     )
     return web.json_response({"messages": [message_view(m) for m in messages]})
@@ -98,10 +98,10 @@ async def thread_messages(request: web.Request) -> web.Response:
 
 @routes.delete("/api/threads/{thread_id}")
 async def delete_thread(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
+    found = services(request.app)
     thread_id = request.match_info["thread_id"]
-    await services.conversations.delete_thread(
-        _user_id(request), thread_id, busy=services.chat.thread_busy(thread_id)
+    await found.conversations.delete_thread(
+        _user_id(request), thread_id, busy=found.chat.thread_busy(thread_id)
     )
     return web.Response(status=204)
 

@@ -8,7 +8,7 @@ import secrets
 
 import websockets
 
-from entrypoints.appkeys import SERVICES
+from entrypoints.appkeys import services
 from tests.e2e.client import Server, recv, register
 
 USERS = 200
@@ -42,7 +42,7 @@ async def test_two_hundred_users_each_get_only_their_own(server: Server) -> None
     start = asyncio.Event()
     tasks = [asyncio.create_task(one_user(server, i, start)) for i in range(USERS)]
     # Every user connected before anyone chats, so every run has 199 foreign sockets to leak to.
-    while len(server.app[SERVICES].bridge.connections()) < USERS:
+    while len(services(server.app).bridge.connections()) < USERS:
         if any(t.done() for t in tasks):
             break
         await asyncio.sleep(0.05)
@@ -65,9 +65,9 @@ async def test_two_hundred_users_each_get_only_their_own(server: Server) -> None
             if "run_id" in frame:
                 assert frame["run_id"] in result["run_ids"], f"foreign run on {user_id}'s socket"
 
-    services = server.app[SERVICES]
+    found = services(server.app)
     await asyncio.sleep(0.1)
-    assert services.factory.metrics().active == 0
-    assert services.factory.metrics().created == USERS * 2
-    assert services.chat.active_runs == 0
+    assert found.factory.metrics().active == 0
+    assert found.factory.metrics().created == USERS * 2
+    assert found.chat.active_runs == 0
 
