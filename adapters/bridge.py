@@ -1,27 +1,42 @@
-"""AgentWebSocketBridge: the one bridge from runs to the sockets of the run's user."""
+"""AgentWebSocketBridge: the one bridge from runs to the subscribers (sockets, streams) of the run's user."""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from typing import Protocol
 
-from loguru import logger
-
-from adapters.event_bus import EventBus
-from adapters.websocket import SocketConnection
+from adapters.event_bus import Envelope, EventBus
 from domain.context import UserExecutionContext
 from domain.events import AgentEvent, RunEventEmitter
 from domain.ports import Clock, EventLog
 
 
+class Subscriber(Protocol):
+    """A socket or an event stream of one user on this process."""
+
+    user_id: str
+    connection_id: str
+
+    def deliver(self, envelope: Envelope) -> bool: ...
+
+
+def envelope_of(event: AgentEvent) -> Envelope:
+    if event.cursor is None:
+        raise ValueError("only stored events (with a cursor) are delivered")
+    return Envelope(user_id=event.user_id, run_id=event.run_id, seq=event.seq, cursor=event.cursor,
+                    terminal=event.type.is_terminal,
+                    frame=json.dumps(event.to_wire(), separators=(",", ":"), default=str))
+
+
 class AgentWebSocketBridge:
-    """Knows which sockets of this process belong to which user; stores, then fans out, each event."""
+    """Knows which subscribers of this process belong to which user; stores, then fans out, each event."""
 
     def __init__(self, *, event_log: EventLog, bus: EventBus, clock: Clock) -> None:
         self._log = event_log
         self._bus = bus
         self._clock = clock
-        self._sockets: defaultdict[str, dict[str, SocketConnection]] = defaultdict(dict)
+        self._subscribers: defaultdict[str, dict[str, Subscriber]] = defaultdict(dict)
         self._started = False
         self.events_published = 0
         self.frames_delivered = 0
@@ -39,41 +54,40 @@ class AgentWebSocketBridge:
         self._started = False
         await self._bus.stop()
 
-    # -- sockets --------------------------------------------------------------------------------
+    # -- subscribers ----------------------------------------------------------------------------
 
-    def register(self, connection: SocketConnection) -> None:
-        self._sockets[connection.user_id][connection.connection_id] = connection
+    def register(self, subscriber: Subscriber) -> None:
+        self._subscribers[subscriber.user_id][subscriber.connection_id] = subscriber
 
-    def unregister(self, connection: SocketConnection) -> None:
-        sockets = self._sockets.get(connection.user_id)
-        if sockets is None:
+    def unregister(self, subscriber: Subscriber) -> None:
+        mine = self._subscribers.get(subscriber.user_id)
+        if mine is None:
             return
-        sockets.pop(connection.connection_id, None)
-        if not sockets:
-            del self._sockets[connection.user_id]
+        mine.pop(subscriber.connection_id, None)
+        if not mine:
+            del self._subscribers[subscriber.user_id]
 
-    def connections(self) -> list[SocketConnection]:
-        return [c for by_id in self._sockets.values() for c in by_id.values()]
+    def connections(self) -> list[Subscriber]:
+        return [s for by_id in self._subscribers.values() for s in by_id.values()]
 
-    def connections_of(self, user_id: str) -> list[SocketConnection]:
-        return list(self._sockets.get(user_id, {}).values())
+    def connections_of(self, user_id: str) -> list[Subscriber]:
+        return list(self._subscribers.get(user_id, {}).values())
 
     # -- events ---------------------------------------------------------------------------------
 
-    def emitter_for(self, context: UserExecutionContext) -> RunEventEmitter:
-        return RunEventEmitter(context, self._publish, self._clock)
+    def emitter_for(self, context: UserExecutionContext, *, after_seq: int = 0) -> RunEventEmitter:
+        return RunEventEmitter(context, self.publish, self._clock, after_seq=after_seq)
 
-    async def _publish(self, event: AgentEvent) -> AgentEvent:
+    async def publish(self, event: AgentEvent) -> AgentEvent:
+        """Store the event (which gives it its cursor), then fan it out to the user's subscribers."""
         stored = await self._log.append(event)
-        frame = json.dumps(stored.to_wire(), separators=(",", ":"), default=str)
         self.events_published += 1
-        await self._bus.publish(stored.user_id, frame)
+        await self._bus.publish(envelope_of(stored))
         return stored
 
-    def _deliver(self, user_id: str, frame: str) -> None:
-        for connection in list(self._sockets.get(user_id, {}).values()):
-            if connection.send(frame):
+    def _deliver(self, envelope: Envelope) -> None:
+        for subscriber in list(self._subscribers.get(envelope.user_id, {}).values()):
+            if subscriber.deliver(envelope):
                 self.frames_delivered += 1
             else:
                 self.frames_dropped += 1
-                logger.debug("frame for user {} not delivered to {}", user_id, connection.connection_id)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from dependency_injector import containers, providers
 
@@ -27,6 +29,7 @@ from domain.auth import AuthService, PasswordPolicy
 from domain.chat import ChatLimits, ChatService
 from domain.conversations import ConversationService
 from domain.factory import EngineLimits, ExecutionEngineFactory
+from domain.housekeeping import Housekeeper, LeasePolicy
 from domain.tools import ToolBox
 from domain.tools import builtin_tools as make_builtin_tools
 
@@ -66,6 +69,7 @@ def _engine_limits(settings: Settings) -> EngineLimits:
         max_engines_total=limits.max_engines_total,
         run_timeout_s=limits.run_timeout_s,
         max_steps=limits.max_steps,
+        model_timeout_s=settings.model.timeout_s,
     )
 
 
@@ -81,6 +85,18 @@ def _password_policy(settings: Settings) -> PasswordPolicy:
     return PasswordPolicy(min_length=settings.auth.min_password_length)
 
 
+def _lease_policy(settings: Settings, owner: str) -> LeasePolicy:
+    return LeasePolicy(owner=owner, ttl_s=settings.runs.lease_ttl_s)
+
+
+def _retention(settings: Settings) -> timedelta:
+    return timedelta(days=settings.runs.event_retention_days)
+
+
+def _process_id() -> str:
+    return f"proc_{secrets.token_hex(6)}"
+
+
 def _chat_limits(settings: Settings) -> ChatLimits:
     return ChatLimits(
         max_message_chars=settings.limits.max_message_chars,
@@ -94,6 +110,8 @@ class Container(containers.DeclarativeContainer):
     # -- system
     clock = providers.Singleton(SystemClock)
     ids = providers.Singleton(RandomIds)
+    process_id = providers.Singleton(_process_id)
+    lease = providers.Singleton(_lease_policy, settings, process_id)
 
     # -- resources, started and stopped with the app
     database = providers.Resource(_database, settings=settings)
@@ -166,6 +184,18 @@ class Container(containers.DeclarativeContainer):
         ids=ids,
         clock=clock,
         limits=providers.Callable(_chat_limits, settings),
+        lease=lease,
+    )
+    housekeeper = providers.Singleton(
+        Housekeeper,
+        runs=runs,
+        events=event_log,
+        bridge=bridge,
+        factory=engine_factory,
+        audit=audit_log,
+        clock=clock,
+        lease=lease,
+        retention=providers.Callable(_retention, settings),
     )
     conversation_service = providers.Singleton(
         ConversationService, threads=threads, messages=messages, runs=runs, events=event_log

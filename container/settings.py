@@ -40,6 +40,7 @@ class AuthSettings(BaseModel):
 class ModelSettings(BaseModel):
     provider: Literal["builtin"] = "builtin"
     builtin_delay_ms: float = Field(15.0, ge=0, description="pause between streamed pieces")
+    timeout_s: float = Field(60.0, gt=0, description="longest wait for the model's next piece")
 
 
 class LimitsSettings(BaseModel):
@@ -50,6 +51,12 @@ class LimitsSettings(BaseModel):
     max_steps: int = Field(8, ge=1)
     max_message_chars: int = Field(8000, ge=1)
     tool_timeout_s: float = Field(30.0, gt=0)
+
+
+class RunsSettings(BaseModel):
+    lease_ttl_s: float = Field(30.0, ge=1, description="a run whose process stops renewing it for "
+                               "this long ends as interrupted")
+    event_retention_days: float = Field(7.0, gt=0)
 
 
 class LogSettings(BaseModel):
@@ -68,4 +75,5 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     model: ModelSettings = ModelSettings()
     limits: LimitsSettings = LimitsSettings()
+    runs: RunsSettings = RunsSettings()
     log: LogSettings = LogSettings()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from domain.context import UserExecutionContext
@@ -10,6 +12,7 @@ from domain.errors import ModelError
 from domain.events import EventType, RunEventEmitter
 from domain.llm import (
     ChatMessage,
+    ModelChunk,
     ModelRequest,
     ReasoningDelta,
     TextDelta,
@@ -60,12 +63,13 @@ async def run_agent(
     emitter: RunEventEmitter,
     state: RunState,
     max_steps: int,
+    model_timeout_s: float = 60.0,
 ) -> str:
     """Run the loop to an answer; raises ModelError when the model fails or never answers."""
     state.conversation.insert(0, ChatMessage(role="system", content=SYSTEM_PROMPT))
     while state.steps < max_steps:
         await emitter.emit(EventType.AGENT_THINKING, {"text": _thinking_text(state)})
-        step = await _ask_model(model, toolbox, emitter, state)
+        step = await _ask_model(model, toolbox, emitter, state, model_timeout_s)
         state.steps += 1
         if not step.calls:
             return "".join(state.answer)
@@ -79,13 +83,34 @@ async def run_agent(
                      code="step_limit")
 
 
+async def _pieces(model: ChatModel, request: ModelRequest, timeout_s: float) -> AsyncIterator[ModelChunk]:
+    """The model's stream, where each piece must come within the timeout."""
+    stream = aiter(model.stream(request))
+    try:
+        while True:
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel (a user's stop).
+                async with asyncio.timeout(timeout_s):
+                    chunk = await anext(stream)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise ModelError(f"The model did not answer within {timeout_s:g} seconds; "
+                                 "try again in a moment.", code="model_timeout") from None
+            yield chunk
+    finally:
+        close = getattr(stream, "aclose", None)
+        if close is not None:
+            await close()
+
+
 async def _ask_model(
-    model: ChatModel, toolbox: ToolBox, emitter: RunEventEmitter, state: RunState
+    model: ChatModel, toolbox: ToolBox, emitter: RunEventEmitter, state: RunState, timeout_s: float
 ) -> _Step:
     step = _Step()
     state.usage.model_calls += 1
     request = ModelRequest(messages=tuple(state.conversation), tools=toolbox.specs)
-    async for chunk in model.stream(request):
+    async for chunk in _pieces(model, request, timeout_s):
         if isinstance(chunk, TextDelta):
             if chunk.text:
                 step.text.append(chunk.text)

@@ -6,11 +6,13 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from domain.context import UserExecutionContext
 from domain.engine import RunOutcome, UserExecutionEngine
 from domain.errors import InvalidMessage, LimitExceeded, MessageTooLarge, NotFound, ThreadBusy
 from domain.factory import ExecutionEngineFactory
+from domain.housekeeping import LeasePolicy
 from domain.lanes import Multitask, ThreadLane
 from domain.llm import ChatMessage
 from domain.model import AuditAction, AuditEntry, Message, Role, Run, RunStatus, Thread
@@ -51,7 +53,9 @@ class ChatService:
         ids: IdGenerator,
         clock: Clock,
         limits: ChatLimits,
+        lease: LeasePolicy,
     ) -> None:
+        self._lease = lease
         self._factory = factory
         self._threads = threads
         self._messages = messages
@@ -146,7 +150,9 @@ class ChatService:
         if multitask is Multitask.REJECT and lane.busy:
             raise ThreadBusy("This thread already has a run going; wait for it or cancel it.")
         run = Run(id=self._ids.new_id("run"), user_id=user_id, thread_id=thread.id,
-                  status=RunStatus.QUEUED, created_at=now, client_message_id=client_message_id)
+                  status=RunStatus.QUEUED, created_at=now, client_message_id=client_message_id,
+                  owner=self._lease.owner,
+                  lease_expires_at=now + timedelta(seconds=self._lease.ttl_s))
         await self._runs.add(run)  # raises Conflict on a duplicate client_message_id
         await self._messages.add(Message(id=self._ids.new_id("msg"), thread_id=thread.id,
                                          user_id=user_id, role=Role.USER, text=text,

@@ -42,6 +42,10 @@ class ConversationService:
         await self.run(user_id, run_id)
         return await self._events.read_run(user_id, run_id, after_seq)
 
+    async def events_after_cursor(self, user_id: str, cursor: str) -> list[AgentEvent]:
+        """Every event of the user after the cursor; CursorExpired if some were pruned."""
+        return await self._events.read_user(user_id, cursor)
+
     async def delete_thread(self, user_id: str, thread_id: str, *, busy: bool) -> None:
         if await self._threads.get(user_id, thread_id) is None:
             raise NotFound("There is no such thread.")

@@ -46,6 +46,7 @@ class UserExecutionEngine:
         toolbox: ToolBox,
         max_steps: int,
         run_timeout_s: float,
+        model_timeout_s: float = 60.0,
         _key: object = None,
     ) -> None:
         if _key is not _FACTORY_KEY:
@@ -58,6 +59,7 @@ class UserExecutionEngine:
         self._toolbox = toolbox
         self._max_steps = max_steps
         self._run_timeout_s = run_timeout_s
+        self._model_timeout_s = model_timeout_s
         self._state = RunState()
         self._task: asyncio.Task[str] | None = None
         self._cancel_reason: str | None = None
@@ -106,11 +108,15 @@ class UserExecutionEngine:
                 emitter=self._emitter,
                 state=self._state,
                 max_steps=self._max_steps,
+                model_timeout_s=self._model_timeout_s,
             ),
             name=f"agent:{self._context.run_id}",
         )
         try:
-            text = await asyncio.wait_for(self._task, self._run_timeout_s)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel arriving as the
+            # agent finishes, and a shutdown must never be lost.
+            async with asyncio.timeout(self._run_timeout_s):
+                text = await self._task
         except TimeoutError:
             return self._ended(RunStatus.CANCELLED, started, cancel_reason="timeout")
         except asyncio.CancelledError:

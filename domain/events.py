@@ -69,11 +69,12 @@ class RunEventEmitter:
 
     __slots__ = ("_clock", "_context", "_publish", "_seq", "_terminal_sent")
 
-    def __init__(self, context: UserExecutionContext, publish: Publish, clock: Clock) -> None:
+    def __init__(self, context: UserExecutionContext, publish: Publish, clock: Clock, *,
+                 after_seq: int = 0) -> None:
         self._context = context
         self._publish = publish
         self._clock = clock
-        self._seq = 0
+        self._seq = after_seq
         self._terminal_sent = False
 
     @property

@@ -19,6 +19,9 @@ from domain.tools import ToolBox
 
 log = logging.getLogger(__name__)
 
+# An engine still registered this long after its run's timeout was leaked by its caller.
+SWEEP_GRACE_S = 60.0
+
 
 @dataclass(frozen=True, slots=True)
 class EngineLimits:
@@ -26,6 +29,7 @@ class EngineLimits:
     max_engines_total: int = 2000
     run_timeout_s: float = 300.0
     max_steps: int = 8
+    model_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,7 @@ class FactoryMetrics:
     cleaned_up: int
     rejected: int
     timed_out: int
+    swept: int
     creation_seconds_total: float
     creation_seconds_max: float
 
@@ -67,6 +72,7 @@ class ExecutionEngineFactory:
         self._cleaned_up = 0
         self._rejected = 0
         self._timed_out = 0
+        self._swept = 0
         self._creation_total = 0.0
         self._creation_max = 0.0
 
@@ -103,6 +109,7 @@ class ExecutionEngineFactory:
             toolbox=self._toolbox,
             max_steps=self._limits.max_steps,
             run_timeout_s=self._limits.run_timeout_s,
+            model_timeout_s=self._limits.model_timeout_s,
             _key=_FACTORY_KEY,
         )
         self._engines[context.run_id] = engine
@@ -158,6 +165,19 @@ class ExecutionEngineFactory:
         await emitter.emit(EventType.AGENT_STARTED, {"agent": self._model.name})
         await emitter.emit(EventType.AGENT_ERROR, {"code": error.code, "message": error.message})
 
+    async def sweep(self) -> int:
+        """Clean up engines that outlived their run by far: a leak guard, not the normal path."""
+        deadline = self._limits.run_timeout_s + SWEEP_GRACE_S
+        now = time.monotonic()
+        stale = [e for e in self._engines.values() if now - e.created_monotonic > deadline]
+        for engine in stale:
+            log.warning("sweeping engine of run %s, alive %.0f s", engine._context.run_id,
+                        now - engine.created_monotonic)
+            engine.cancel("timeout")
+            await self.cleanup_engine(engine)
+        self._swept += len(stale)
+        return len(stale)
+
     def note_timeout(self) -> None:
         self._timed_out += 1
 
@@ -175,6 +195,7 @@ class ExecutionEngineFactory:
             cleaned_up=self._cleaned_up,
             rejected=self._rejected,
             timed_out=self._timed_out,
+            swept=self._swept,
             creation_seconds_total=self._creation_total,
             creation_seconds_max=self._creation_max,
         )

@@ -33,7 +33,7 @@ class ChatModel(Protocol):
 class EventBridge(Protocol):
     """The one bridge from runs to sockets: gives each run an emitter bound to its context."""
 
-    def emitter_for(self, context: UserExecutionContext) -> RunEventEmitter: ...
+    def emitter_for(self, context: UserExecutionContext, *, after_seq: int = 0) -> RunEventEmitter: ...
 
 
 class EventLog(Protocol):

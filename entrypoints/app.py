@@ -14,6 +14,7 @@ from container import Container
 from entrypoints.appkeys import CONTAINER, LIFECYCLE, SETTINGS, Lifecycle, Services
 from entrypoints.http.handlers import routes
 from entrypoints.middlewares import authentication, errors, request_ids
+from entrypoints.sse import run_events
 from entrypoints.ws import websocket
 
 STATIC = Path(__file__).parent / "static"
@@ -41,6 +42,9 @@ async def _boot(app: web.Application) -> None:
         factory=await container.engine_factory(),
         bridge=bridge,
     )
+    housekeeper = await container.housekeeper()
+    await housekeeper.tick()  # fail what a crashed predecessor left running before taking new runs
+    app[LIFECYCLE].housekeeping = asyncio.create_task(housekeeper.run_forever(), name="housekeeping")
     app[LIFECYCLE].ready = True
     logger.info("goldenpath ready (env={})", app[SETTINGS].env)
 
@@ -54,6 +58,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         boot.cancel()
     with contextlib.suppress(BaseException):
         await boot
+    housekeeping = app[LIFECYCLE].housekeeping
+    if housekeeping is not None:
+        housekeeping.cancel()
+        with contextlib.suppress(BaseException):
+            await housekeeping
     resolved = app[LIFECYCLE].services
     if resolved is not None:
         await resolved.factory.shutdown()
@@ -92,6 +101,7 @@ def create_app(container: Container) -> web.Application:
     app[LIFECYCLE] = Lifecycle()
     app.add_routes(routes)
     app.router.add_get("/ws", websocket)
+    app.router.add_get("/api/runs/{run_id}/events", run_events)
     app.router.add_get("/", _index)
     app.router.add_static("/static", STATIC)
     app.cleanup_ctx.append(_lifecycle)

@@ -37,6 +37,7 @@ class Lifecycle:
     ready: bool = False
     draining: bool = False
     boot: asyncio.Task[None] | None = None
+    housekeeping: asyncio.Task[None] | None = None
     services: Services | None = None
 
 

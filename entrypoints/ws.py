@@ -64,7 +64,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     connection.send_json({"type": "ready", "user_id": user.id,
                           "connection_id": connection.connection_id})
     found.bridge.register(connection)
-    dispatcher = FrameDispatcher(chat=found.chat, connection=connection,
+    dispatcher = FrameDispatcher(chat=found.chat, conversations=found.conversations,
+                                 connection=connection,
                                  request_id=request_id_of(request))
     with logger.contextualize(user_id=user.id, connection_id=connection.connection_id):
         try:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from adapters.bridge import envelope_of
 from adapters.websocket import SocketConnection
 from domain.chat import ChatService
-from domain.errors import DomainError
+from domain.conversations import ConversationService
+from domain.errors import CursorExpired, DomainError
 from domain.lanes import Multitask
 
 _MAX_ID = 128
@@ -45,8 +47,10 @@ def parse(raw: str) -> dict[str, Any]:
 class FrameDispatcher:
     """Handles one socket's frames in order; every failure is an error frame, never a crash."""
 
-    def __init__(self, *, chat: ChatService, connection: SocketConnection, request_id: str) -> None:
+    def __init__(self, *, chat: ChatService, conversations: ConversationService,
+                 connection: SocketConnection, request_id: str) -> None:
         self._chat = chat
+        self._conversations = conversations
         self._connection = connection
         self._request_id = request_id
 
@@ -63,7 +67,8 @@ class FrameDispatcher:
             if isinstance(frame.get("client_message_id"), str):
                 client_message_id = frame["client_message_id"][:_MAX_ID]
             handler = {"chat": self._chat_frame, "cancel": self._cancel_frame,
-                       "ping": self._ping_frame}.get(frame["type"])
+                       "ping": self._ping_frame,
+                       "resume": self._resume_frame}.get(frame["type"])
             if handler is None:
                 raise FrameError("unknown_type", f"Unknown frame type {frame['type'][:40]!r}; "
                                  "expected chat, cancel, resume or ping.")
@@ -101,6 +106,38 @@ class FrameDispatcher:
             raise FrameError("invalid_message", "A cancel frame needs 'run_id' or 'client_message_id'.")
         await self._chat.cancel(self._connection.user_id, run_id=run_id,
                                 client_message_id=client_message_id)
+
+    async def _resume_frame(self, frame: dict[str, Any]) -> None:
+        user_id = self._connection.user_id
+        cursor, run_id = frame.get("cursor"), frame.get("run_id")
+        if cursor is not None:
+            if not isinstance(cursor, str) or not cursor or len(cursor) > _MAX_ID:
+                raise FrameError("invalid_message", "'cursor' must be a cursor this server gave out.")
+            self._connection.hold_live_events()
+            try:
+                stored = await self._conversations.events_after_cursor(user_id, cursor)
+            except CursorExpired:
+                self._connection.release_live_events()
+                self._connection.send_json({"type": "resync", "reason": "cursor_expired"})
+                return
+            except BaseException:
+                self._connection.release_live_events()
+                raise
+            await self._connection.replay(map(envelope_of, stored), by_cursor=cursor)
+            return
+        if run_id is None:
+            raise FrameError("invalid_message", "A resume frame needs 'cursor', or 'run_id' and 'after_seq'.")
+        run_id = _optional_id(frame, "run_id")
+        after_seq = frame.get("after_seq", 0)
+        if not isinstance(after_seq, int) or isinstance(after_seq, bool) or after_seq < 0:
+            raise FrameError("invalid_message", "'after_seq' must be a whole number, 0 or more.")
+        self._connection.hold_live_events()
+        try:
+            stored = await self._conversations.run_events(user_id, run_id, after_seq)
+        except BaseException:
+            self._connection.release_live_events()
+            raise
+        await self._connection.replay(map(envelope_of, stored), run_id=run_id, after_seq=after_seq)
 
     async def _ping_frame(self, frame: dict[str, Any]) -> None:
         self._connection.send_json({"type": "pong"})

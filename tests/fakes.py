@@ -144,6 +144,19 @@ class InMemoryRunRepository:
         self.runs[run_id] = replace(run, status=status, finished_at=finished_at or run.finished_at,
                                     error=error or run.error)
 
+    async def renew_leases(self, owner: str, until: datetime) -> int:
+        mine = [r for r in self.runs.values() if r.owner == owner and not r.status.is_final]
+        for run in mine:
+            self.runs[run.id] = replace(run, lease_expires_at=until)
+        return len(mine)
+
+    async def claim_orphans(self, now: datetime, error: str, limit: int = 100) -> Sequence[Run]:
+        lapsed = [r for r in self.runs.values() if not r.status.is_final
+                  and r.lease_expires_at is not None and r.lease_expires_at < now][:limit]
+        for run in lapsed:
+            self.runs[run.id] = replace(run, status=RunStatus.FAILED, finished_at=now, error=error)
+        return [self.runs[r.id] for r in lapsed]
+
 
 class InMemoryEventLog:
     """Every event in append order; the cursor is the position."""
@@ -163,6 +176,14 @@ class InMemoryEventLog:
     async def read_user(self, user_id: str, after_cursor: str | None) -> list[AgentEvent]:
         return [e for e in self.events
                 if e.user_id == user_id and (after_cursor is None or (e.cursor or "") > after_cursor)]
+
+    async def last_seq(self, run_id: str) -> int:
+        return max((e.seq for e in self.events if e.run_id == run_id), default=0)
+
+    async def prune(self, older_than: datetime) -> int:
+        before = len(self.events)
+        self.events = [e for e in self.events if e.ts >= older_than]
+        return before - len(self.events)
 
     def types(self, run_id: str) -> list[str]:
         return [e.type.value for e in self.events if e.run_id == run_id]
@@ -188,8 +209,8 @@ class RecordingSocket:
         self.connection_id = connection_id
         self.frames: list[dict] = []
 
-    def send(self, frame: str) -> bool:
-        self.frames.append(json.loads(frame))
+    def deliver(self, envelope) -> bool:
+        self.frames.append(json.loads(envelope.frame))
         return True
 
 

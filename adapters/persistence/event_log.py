@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.persistence.database import Database
-from adapters.persistence.tables import events
-from domain.errors import InvalidMessage
+from adapters.persistence.tables import event_log_state, events
+from domain.errors import CursorExpired, InvalidMessage
 from domain.events import AgentEvent, EventType
 
 CURSOR_DIGITS = 20
 MAX_BATCH = 500
+PRUNE_BATCH = 5000
+# event_log_state names: the highest event id pruned, and the highest deleted with its thread.
+PRUNED_THROUGH = "pruned_through"
+DELETED_THROUGH = "deleted_through"
 
-_Item = tuple[AgentEvent, dict[str, Any], "asyncio.Future[AgentEvent]"]
+_Event = tuple[AgentEvent, dict[str, Any], "asyncio.Future[AgentEvent]"]
+# A barrier travels the queue as a future, resolved once everything queued before it is stored.
+_Item = _Event | asyncio.Future[None] | None
 
 
 def encode_cursor(event_id: int) -> str:
@@ -30,6 +39,34 @@ def decode_cursor(cursor: str) -> int:
     if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= CURSOR_DIGITS):
         raise InvalidMessage("That is not a cursor this server gave out.")
     return int(cursor)
+
+
+async def raise_state(conn: AsyncConnection, name: str, value: int) -> None:
+    """Sets the counter `name` to `value` unless it is higher already, in `conn`'s transaction."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(event_log_state).values(name=name, value=value)
+    await conn.execute(statement.on_conflict_do_update(
+        index_elements=[event_log_state.c.name],
+        set_={"value": statement.excluded.value},
+        where=event_log_state.c.value < statement.excluded.value,
+    ))
+
+
+async def read_state(conn: AsyncConnection, *names: str) -> int:
+    """The highest of those counters, 0 when none is set."""
+    query = select(func.max(event_log_state.c.value)).where(event_log_state.c.name.in_(names))
+    return (await conn.execute(query)).scalar() or 0
+
+
+async def delete_thread_events(conn: AsyncConnection, user_id: str, thread_id: str) -> int:
+    """Deletes a thread's events in `conn`'s transaction; their ids are never given out again."""
+    mine = (events.c.thread_id == thread_id, events.c.user_id == user_id)
+    top = (await conn.execute(select(func.max(events.c.id)).where(*mine))).scalar()
+    if top is None:
+        return 0
+    result = await conn.execute(delete(events).where(*mine))
+    await raise_state(conn, DELETED_THROUGH, top)
+    return result.rowcount
 
 
 def _event(row: Any) -> AgentEvent:
@@ -45,21 +82,29 @@ class SqlAlchemyEventLog:
 
     Ids are numbered here, not by the database, so they follow append order and each batch
     commits after the one before: a reader's cursor never passes an event not yet visible.
-    That holds for one writing process per database.
+    That holds for one writing process per database. Ids are never given out twice, not even
+    those of pruned or deleted events: a client's cursor must never skip a newer event.
     """
 
-    def __init__(self, db: Database, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, db: Database, *, max_batch: int = MAX_BATCH, prune_batch: int = PRUNE_BATCH
+    ) -> None:
         self._db = db
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._prune_batch = prune_batch
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._last_id = 0
+        self._pruned_through = 0
 
     async def start(self) -> None:
         if self._task is not None:
             return
         async with self._db.reading() as conn:
-            self._last_id = (await conn.execute(select(func.max(events.c.id)))).scalar() or 0
+            stored = (await conn.execute(select(func.max(events.c.id)))).scalar() or 0
+            self._pruned_through = await read_state(conn, PRUNED_THROUGH)
+            deleted = await read_state(conn, DELETED_THROUGH)
+        self._last_id = max(stored, self._pruned_through, deleted)
         self._task = asyncio.create_task(self._write_forever(), name="event-log-writer")
 
     async def stop(self) -> None:
@@ -84,6 +129,14 @@ class SqlAlchemyEventLog:
         self._queue.put_nowait((event, row, future))
         return await future
 
+    async def flush(self) -> None:
+        """Returns once every event appended before the call is stored (or failed to be)."""
+        if self._task is None:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(done)
+        await done
+
     async def read_run(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]:
         query = (select(events)
                  .where(events.c.user_id == user_id, events.c.run_id == run_id,
@@ -98,23 +151,69 @@ class SqlAlchemyEventLog:
                  .where(events.c.user_id == user_id, events.c.id > after)
                  .order_by(events.c.id))
         async with self._db.reading() as conn:
-            return [_event(row) for row in await conn.execute(query)]
+            found = [_event(row) for row in await conn.execute(query)]
+            if after_cursor is None:
+                return found
+            # Read after the events: a prune between the two reads then fails this read too.
+            pruned_through = max(self._pruned_through, await read_state(conn, PRUNED_THROUGH))
+        if after < pruned_through:
+            raise CursorExpired("That cursor is older than the events this server keeps; reload the thread.")
+        return found
+
+    async def last_seq(self, run_id: str) -> int:
+        """The run's highest stored seq, counting every event appended before the call; 0: none."""
+        await self.flush()
+        query = select(func.max(events.c.seq)).where(events.c.run_id == run_id)
+        async with self._db.reading() as conn:
+            return (await conn.execute(query)).scalar() or 0
+
+    async def prune(self, older_than: datetime) -> int:
+        """Deletes events older than `older_than`, oldest ids first, a batch per transaction.
+
+        Each batch raises the persisted "pruned_through" watermark in its own transaction, so
+        a cursor below it is known to have lost events after it.
+        """
+        if older_than.tzinfo is None:
+            raise ValueError(f"older_than must be timezone-aware, not {older_than!r}")
+        old = events.c.ts < older_than
+        batch = select(events.c.id).where(old).order_by(events.c.id).limit(self._prune_batch).subquery()
+        deleted = 0
+        while True:
+            async with self._db.writing() as conn:
+                top = (await conn.execute(select(func.max(batch.c.id)))).scalar()
+                if top is None:
+                    return deleted
+                result = await conn.execute(delete(events).where(old, events.c.id <= top))
+                await raise_state(conn, PRUNED_THROUGH, top)
+            self._pruned_through = max(self._pruned_through, top)
+            deleted += result.rowcount
+            if result.rowcount < self._prune_batch:
+                return deleted
 
     async def _write_forever(self) -> None:
         while True:
-            batch: list[_Item] = []
+            batch: list[_Event] = []
+            barriers: list[asyncio.Future[None]] = []
             item = await self._queue.get()
             while item is not None:
-                batch.append(item)
+                if isinstance(item, asyncio.Future):
+                    barriers.append(item)
+                else:
+                    batch.append(item)
                 if len(batch) >= self._max_batch or self._queue.empty():
                     break
                 item = self._queue.get_nowait()
-            if batch:
-                await self._flush(batch)
+            try:
+                if batch:
+                    await self._flush(batch)
+            finally:
+                for barrier in barriers:
+                    if not barrier.done():
+                        barrier.set_result(None)
             if item is None:
                 return
 
-    async def _flush(self, batch: list[_Item]) -> None:
+    async def _flush(self, batch: list[_Event]) -> None:
         rows = [{**row, "id": self._next_id()} for _, row, _ in batch]
         try:
             await self._insert(rows)
@@ -134,7 +233,7 @@ class SqlAlchemyEventLog:
         else:
             _resolve(rows, batch)
 
-    async def _flush_alone(self, row: dict[str, Any], item: _Item) -> None:
+    async def _flush_alone(self, row: dict[str, Any], item: _Event) -> None:
         try:
             await self._insert([row])
         except Exception as exc:
@@ -151,13 +250,13 @@ class SqlAlchemyEventLog:
         return self._last_id
 
 
-def _resolve(rows: list[dict[str, Any]], batch: list[_Item]) -> None:
+def _resolve(rows: list[dict[str, Any]], batch: list[_Event]) -> None:
     for row, (event, _, future) in zip(rows, batch, strict=True):
         if not future.done():
             future.set_result(event.with_cursor(encode_cursor(row["id"])))
 
 
-def _fail(batch: list[_Item], exc: Exception) -> None:
+def _fail(batch: list[_Event], exc: Exception) -> None:
     """Appenders get the error instead of waiting forever; the writer carries on."""
     logger.opt(exception=exc).error("could not store {} event(s)", len(batch))
     for *_, future in batch:

@@ -9,12 +9,15 @@ from typing import Any
 
 from sqlalchemy import case, delete, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from adapters.persistence.database import Database
+from adapters.persistence.event_log import delete_thread_events
 from adapters.persistence.tables import messages, notes, runs, threads, users
 from domain.errors import Conflict
 from domain.model import Message, Note, Role, Run, RunStatus, Thread, User
 
+_UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 _WORD = re.compile(r"\w+")
 _MAX_SEARCH_WORDS = 12
 _STOP_WORDS = frozenset({
@@ -97,7 +100,10 @@ class SqlAlchemyThreadRepository:
                                .values(updated_at=at))
 
     async def delete(self, user_id: str, thread_id: str) -> bool:
-        """Deletes the thread's messages and runs too, whether or not foreign keys cascade."""
+        """Deletes the thread's messages, runs and events too, whether or not foreign keys cascade.
+
+        A deleted conversation must not be replayable, so its events go in the same transaction.
+        """
         owned = select(threads.c.id).where(threads.c.id == thread_id,
                                            threads.c.user_id == user_id)
         async with self._db.writing() as conn:
@@ -106,6 +112,7 @@ class SqlAlchemyThreadRepository:
             await conn.execute(delete(messages).where(messages.c.thread_id == thread_id))
             await conn.execute(delete(runs).where(runs.c.thread_id == thread_id))
             await conn.execute(delete(threads).where(threads.c.id == thread_id))
+            await delete_thread_events(conn, user_id, thread_id)
         return True
 
 
@@ -145,6 +152,7 @@ class SqlAlchemyRunRepository:
                     id=run.id, user_id=run.user_id, thread_id=run.thread_id,
                     status=run.status.value, client_message_id=run.client_message_id,
                     created_at=run.created_at, finished_at=run.finished_at, error=run.error,
+                    owner=run.owner, lease_expires_at=run.lease_expires_at,
                 ))
         except IntegrityError as exc:
             raise Conflict("A run for that client_message_id exists already.") from exc
@@ -172,6 +180,60 @@ class SqlAlchemyRunRepository:
             values["error"] = error
         async with self._db.writing() as conn:
             await conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+
+    async def renew_leases(self, owner: str, until: datetime) -> int:
+        """Extends the lease of every unfinished run `owner` holds to `until`; returns how many."""
+        statement = (update(runs)
+                     .where(runs.c.owner == owner, runs.c.status.in_(_UNFINISHED))
+                     .values(lease_expires_at=until))
+        async with self._db.writing() as conn:
+            return (await conn.execute(statement)).rowcount
+
+    async def claim_orphans(self, now: datetime, error: str, limit: int = 100) -> Sequence[Run]:
+        """Fails up to `limit` unfinished runs whose lease lapsed before `now`; returns them.
+
+        A run without a lease is never claimed. Each UPDATE re-checks its run is still an
+        unfinished orphan, so of two sweepers (tasks or processes) racing for a run only one
+        changes it and returns it.
+        """
+        if limit <= 0:
+            return []
+        lapsed = (runs.c.status.in_(_UNFINISHED), runs.c.lease_expires_at < now)
+        oldest = select(runs.c.id).where(*lapsed).order_by(runs.c.lease_expires_at, runs.c.id)
+        values = {"status": RunStatus.FAILED.value, "finished_at": now, "error": error}
+        async with self._db.writing() as conn:
+            if conn.dialect.name == "postgresql":
+                claimed = await self._claim_skipping_locked(conn, oldest.limit(limit), lapsed, values)
+            else:
+                claimed = await self._claim_one_by_one(conn, oldest.limit(limit), lapsed, values)
+        return sorted(claimed, key=lambda run: (run.lease_expires_at or now, run.id))
+
+    @staticmethod
+    async def _claim_skipping_locked(
+        conn: AsyncConnection, candidates: Any, lapsed: tuple[Any, ...], values: dict[str, Any]
+    ) -> list[Run]:
+        """PostgreSQL: one UPDATE ... RETURNING; rows another sweeper has locked are skipped."""
+        statement = (update(runs)
+                     .where(runs.c.id.in_(candidates.with_for_update(skip_locked=True)), *lapsed)
+                     .values(**values)
+                     .returning(*runs.c))
+        return [_run(row) for row in await conn.execute(statement)]
+
+    @staticmethod
+    async def _claim_one_by_one(
+        conn: AsyncConnection, candidates: Any, lapsed: tuple[Any, ...], values: dict[str, Any]
+    ) -> list[Run]:
+        """Any database: a guarded UPDATE per candidate, keeping those it changed."""
+        ids = (await conn.execute(candidates)).scalars().all()
+        claimed: list[str] = []
+        for run_id in sorted(ids):  # one lock order for every sweeper
+            result = await conn.execute(update(runs).where(runs.c.id == run_id, *lapsed)
+                                        .values(**values))
+            if result.rowcount == 1:
+                claimed.append(run_id)
+        if not claimed:
+            return []
+        return [_run(row) for row in await conn.execute(select(runs).where(runs.c.id.in_(claimed)))]
 
     async def _one(self, *where: Any) -> Run | None:
         async with self._db.reading() as conn:

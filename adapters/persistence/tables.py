@@ -98,7 +98,11 @@ runs = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("finished_at", UtcDateTime(), nullable=True),
     Column("error", Text(), nullable=True),
+    # The server process running it, and until when; a lapsed lease marks an orphan (0002).
+    Column("owner", String(NAME), nullable=True),
+    Column("lease_expires_at", UtcDateTime(), nullable=True),
     UniqueConstraint("user_id", "client_message_id", name="uq_runs_user_id_client_message_id"),
+    Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
 )
 
 events = Table(
@@ -115,6 +119,16 @@ events = Table(
     Column("ts", UtcDateTime(), nullable=False),
     UniqueConstraint("run_id", "seq", name="uq_events_run_id_seq"),
     Index("ix_events_user_id_id", "user_id", "id"),
+    Index("ix_events_ts", "ts"),  # retention: prune by age
+    Index("ix_events_thread_id", "thread_id"),  # deleting a thread deletes its events
+)
+
+# The event log's own durable counters, e.g. "pruned_through": the highest event id pruned.
+event_log_state = Table(
+    "event_log_state",
+    metadata,
+    Column("name", String(ID), primary_key=True),
+    Column("value", BigInteger(), nullable=False),
 )
 
 notes = Table(

@@ -32,6 +32,14 @@ class Tool(Protocol):
     async def __call__(self, context: UserExecutionContext, arguments: Mapping[str, Any]) -> Any: ...
 
 
+class BlockingTool(Protocol):
+    """A tool whose work is synchronous or CPU-heavy: the toolbox runs it in a worker thread."""
+
+    spec: ToolSpec
+
+    def call_blocking(self, context: UserExecutionContext, arguments: Mapping[str, Any]) -> Any: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ToolResult:
     arguments: Any
@@ -67,7 +75,7 @@ def parse_arguments(spec: ToolSpec, raw: str) -> dict[str, Any]:
 class ToolBox:
     """The tools of a run: looks them up by name and turns every failure into a result."""
 
-    def __init__(self, tools: Iterable[Tool], *, timeout_s: float = 30.0) -> None:
+    def __init__(self, tools: Iterable[Tool | BlockingTool], *, timeout_s: float = 30.0) -> None:
         self._tools = {tool.spec.name: tool for tool in tools}
         self._specs = tuple(tool.spec for tool in self._tools.values())
         self._timeout_s = timeout_s
@@ -94,7 +102,11 @@ class ToolBox:
             return ToolResult(arguments=raw_arguments, error=str(exc), duration_ms=elapsed())
         try:
             async with asyncio.timeout(self._timeout_s):
-                result = await tool(context, arguments)
+                if hasattr(tool, "call_blocking"):
+                    # Off the event loop, so other users' runs keep streaming meanwhile.
+                    result = await asyncio.to_thread(tool.call_blocking, context, arguments)
+                else:
+                    result = await tool(context, arguments)
         except ToolError as exc:
             return ToolResult(arguments=arguments, error=str(exc), duration_ms=elapsed())
         except TimeoutError:

@@ -46,8 +46,8 @@ async def test_a_run_persists_the_message_the_answer_and_its_end_before_the_term
     seen_status_at_terminal = []
 
     class Watching(RecordingSocket):
-        def send(self, frame: str) -> bool:
-            super().send(frame)
+        def deliver(self, envelope) -> bool:
+            super().deliver(envelope)
             if self.frames[-1]["type"] in TERMINAL:
                 run = fakes.runs.runs[self.frames[-1]["run_id"]]
                 seen_status_at_terminal.append(run.status)

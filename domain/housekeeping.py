@@ -1,0 +1,100 @@
+"""Housekeeping: lease this process's runs, fail the runs of processes that died, sweep, prune."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from domain.context import UserExecutionContext
+from domain.events import EventType
+from domain.factory import ExecutionEngineFactory
+from domain.model import AuditAction, AuditEntry, Run
+from domain.ports import AuditLog, Clock, EventBridge, EventLog, RunRepository
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = "interrupted"
+INTERRUPTED_MESSAGE = ("The server running this request stopped before it finished; "
+                       "please send your message again.")
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePolicy:
+    """Which process owns the runs it starts, and how long a silent owner is trusted."""
+
+    owner: str
+    ttl_s: float = 30.0
+
+    @property
+    def interval_s(self) -> float:
+        return self.ttl_s / 3
+
+
+class Housekeeper:
+    def __init__(
+        self,
+        *,
+        runs: RunRepository,
+        events: EventLog,
+        bridge: EventBridge,
+        factory: ExecutionEngineFactory,
+        audit: AuditLog,
+        clock: Clock,
+        lease: LeasePolicy,
+        retention: timedelta,
+    ) -> None:
+        self._runs = runs
+        self._events = events
+        self._bridge = bridge
+        self._factory = factory
+        self._audit = audit
+        self._clock = clock
+        self._lease = lease
+        self._retention = retention
+        self._last_prune = None
+
+    async def renew_leases(self) -> int:
+        return await self._runs.renew_leases(self._lease.owner,
+                                             self._clock.now() + timedelta(seconds=self._lease.ttl_s))
+
+    async def recover_orphans(self) -> list[Run]:
+        """Fail every run whose owner stopped renewing it, and tell its user through its events."""
+        orphans = list(await self._runs.claim_orphans(self._clock.now(), INTERRUPTED))
+        for run in orphans:
+            context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
+                                           request_id="housekeeping", created_at=self._clock.now())
+            last = await self._events.last_seq(run.id)
+            emitter = self._bridge.emitter_for(context, after_seq=last)
+            if last == 0:
+                await emitter.emit(EventType.AGENT_STARTED, {"agent": "recovery"})
+            await emitter.emit(EventType.AGENT_ERROR, {"code": INTERRUPTED, "message": INTERRUPTED_MESSAGE})
+            self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_ENDED,
+                                          at=self._clock.now(), run_id=run.id, outcome="failed",
+                                          detail=INTERRUPTED))
+            log.warning("run %s of a stopped process ended as interrupted", run.id)
+        return orphans
+
+    async def prune_events(self) -> int:
+        now = self._clock.now()
+        if self._last_prune is not None and now - self._last_prune < timedelta(hours=1):
+            return 0
+        self._last_prune = now
+        return await self._events.prune(now - self._retention)
+
+    async def tick(self) -> None:
+        await self.renew_leases()
+        await self.recover_orphans()
+        await self._factory.sweep()
+        await self.prune_events()
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("housekeeping failed; trying again in %.1f s", self._lease.interval_s)
+            await asyncio.sleep(self._lease.interval_s)

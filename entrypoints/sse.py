@@ -1,0 +1,85 @@
+"""GET /api/runs/{run_id}/events: one run's events as Server-Sent Events, honouring Last-Event-ID."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+
+from aiohttp import web
+
+from adapters.bridge import envelope_of
+from adapters.event_bus import Envelope
+from entrypoints.appkeys import SETTINGS, USER, services
+from entrypoints.errors import ApiError
+
+KEEPALIVE_S = 15.0
+
+
+class RunEventStream:
+    """A bridge subscriber that keeps only one run's events, in a bounded queue."""
+
+    def __init__(self, user_id: str, run_id: str, max_queue: int) -> None:
+        self.user_id = user_id
+        self.connection_id = f"sse_{secrets.token_hex(8)}"
+        self.run_id = run_id
+        self.queue: asyncio.Queue[Envelope] = asyncio.Queue(max_queue)
+        self.overflowed = False
+
+    def deliver(self, envelope: Envelope) -> bool:
+        if envelope.run_id != self.run_id:
+            return True
+        try:
+            self.queue.put_nowait(envelope)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            return False
+        return True
+
+
+def _last_event_id(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID", "0").strip() or "0"
+    if not raw.isdigit() or len(raw) > 9:
+        raise ApiError("invalid_message", "Last-Event-ID must be the seq of an event of this run.")
+    return int(raw)
+
+
+def _sse(envelope: Envelope) -> bytes:
+    kind = json.loads(envelope.frame)["type"]
+    return f"id: {envelope.seq}\nevent: {kind}\ndata: {envelope.frame}\n\n".encode()
+
+
+async def run_events(request: web.Request) -> web.StreamResponse:
+    found = services(request.app)
+    user_id, run_id = request[USER].id, request.match_info["run_id"]
+    after = _last_event_id(request)
+    stream = RunEventStream(user_id, run_id, request.app[SETTINGS].server.ws_send_queue)
+    found.bridge.register(stream)  # before reading the log, so nothing falls between the two
+    try:
+        stored = await found.conversations.run_events(user_id, run_id, after)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache",
+                                               "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        last = after
+        for envelope in map(envelope_of, stored):
+            await response.write(_sse(envelope))
+            last = envelope.seq
+            if envelope.terminal:
+                return response
+        while not stream.overflowed:
+            try:
+                async with asyncio.timeout(KEEPALIVE_S):
+                    envelope = await stream.queue.get()
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if envelope.seq <= last:
+                continue
+            await response.write(_sse(envelope))
+            last = envelope.seq
+            if envelope.terminal:
+                break
+        return response
+    finally:
+        found.bridge.unregister(stream)
