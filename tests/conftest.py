@@ -58,3 +58,22 @@ async def server(container: Container) -> AsyncIterator[Server]:
         yield running
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def make_server(tmp_path: Path):
+    """Start servers with custom settings sections and container overrides; all stopped at the end."""
+    runners: list[web.AppRunner] = []
+
+    async def start(override: Any = None, **sections: dict[str, Any]) -> Server:
+        container = Container()
+        container.settings.override(providers.Object(make_settings(tmp_path, **sections)))
+        if override is not None:
+            override(container)
+        running, runner = await start_server(container)
+        runners.append(runner)
+        return running
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()

@@ -1,0 +1,169 @@
+"""Stop means stop; double-texting does what the client chose; a retry never starts a second run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from dependency_injector import providers
+
+from domain.context import UserExecutionContext
+from domain.tools import ToolBox, builtin_tools
+from domain.tools.calculator import Calculator
+from tests.e2e.client import TERMINAL, Server, recv, register, run_events, until_ready
+
+STORY = "tell me a story"
+
+
+class SlowCalculator(Calculator):
+    """The real calculator, three seconds late: long enough to press stop mid-tool."""
+
+    async def __call__(self, context: UserExecutionContext, arguments: Mapping[str, Any]) -> Any:
+        await asyncio.sleep(3)
+        return await super().__call__(context, arguments)
+
+
+def slow_calculator(container) -> None:
+    def tools(notes, ids, clock):
+        return [SlowCalculator() if t.spec.name == "calculator" else t
+                for t in builtin_tools(notes=notes, ids=ids, clock=clock)]
+
+    container.toolbox.override(providers.Singleton(
+        ToolBox, tools=providers.Callable(tools, container.notes, container.ids, container.clock)))
+
+
+async def until_type(ws, kind: str, timeout: float = 10) -> list[dict]:
+    frames = []
+    while not frames or frames[-1]["type"] != kind:
+        frames.append(await recv(ws, timeout))
+    return frames
+
+
+async def test_cancel_mid_tool_stops_within_a_second(make_server) -> None:
+    server: Server = await make_server(slow_calculator)
+    user = await register(server)
+    async with user.connect() as ws:
+        await until_ready(ws)
+        await ws.send(json.dumps({"type": "chat", "message": "What is 17 * 23?"}))
+        ack = (await until_type(ws, "ack"))[-1]
+        await until_type(ws, "tool_executing")
+        pressed = time.monotonic()
+        await ws.send(json.dumps({"type": "cancel", "run_id": ack["run_id"]}))
+        rest = await run_events(ws, ack["run_id"])
+        assert time.monotonic() - pressed < 1.0
+        assert rest[-1]["type"] == "agent_cancelled" and rest[-1]["data"] == {"reason": "user"}
+        assert "agent_completed" not in [f["type"] for f in rest]
+    status, run = await user.http("GET", f"/api/runs/{ack['run_id']}")
+    assert run["status"] == "cancelled"
+
+
+async def test_cancel_mid_stream_over_http_then_the_thread_goes_on(make_server) -> None:
+    server: Server = await make_server(model={"builtin_delay_ms": 40})
+    user = await register(server)
+    async with user.connect() as ws:
+        await until_ready(ws)
+        await ws.send(json.dumps({"type": "chat", "message": STORY}))
+        ack = (await until_type(ws, "ack"))[-1]
+        await until_type(ws, "agent_message_delta")
+        pressed = time.monotonic()
+        status, body = await user.http("POST", f"/api/runs/{ack['run_id']}/cancel")
+        assert status == 202 and body["run_id"] == ack["run_id"]
+        rest = await run_events(ws, ack["run_id"])
+        assert time.monotonic() - pressed < 1.0
+        assert rest[-1]["type"] == "agent_cancelled"
+        status, again = await user.http("POST", f"/api/runs/{ack['run_id']}/cancel")
+        assert status == 202 and again["status"] == "cancelled"  # idempotent
+        await ws.send(json.dumps({"type": "chat", "message": "What is 2 + 2?",
+                                  "thread_id": ack["thread_id"]}))
+        next_ack = (await until_type(ws, "ack"))[-1]
+        events = await run_events(ws, next_ack["run_id"])
+        assert events[-1]["type"] == "agent_completed" and "4" in events[-1]["data"]["text"]
+
+
+async def test_cancel_by_client_message_id_sent_before_the_ack(make_server) -> None:
+    server: Server = await make_server(model={"builtin_delay_ms": 40})
+    user = await register(server)
+    async with user.connect() as ws:
+        await until_ready(ws)
+        await ws.send(json.dumps({"type": "chat", "message": STORY, "client_message_id": "c1"}))
+        await ws.send(json.dumps({"type": "cancel", "client_message_id": "c1"}))
+        ack = (await until_type(ws, "ack"))[-1]
+        events = await run_events(ws, ack["run_id"])
+        assert events[-1]["type"] == "agent_cancelled"
+        assert "agent_message_delta" not in [e["type"] for e in events][:3]
+
+
+async def test_enqueue_is_the_default(make_server) -> None:
+    server: Server = await make_server(model={"builtin_delay_ms": 10})
+    user = await register(server)
+    async with user.connect() as ws:
+        await until_ready(ws)
+        await ws.send(json.dumps({"type": "chat", "message": STORY}))
+        first = (await until_type(ws, "ack"))[-1]
+        await ws.send(json.dumps({"type": "chat", "message": "What is 2 + 2?",
+                                  "thread_id": first["thread_id"]}))
+        frames = []
+        while sum(f["type"] in TERMINAL for f in frames) < 2:
+            frames.append(await recv(ws, 20))
+    second = next(f for f in frames if f["type"] == "ack")
+    assert second["status"] == "queued"
+    order = [(f.get("run_id"), f["type"]) for f in frames]
+    assert order.index((first["run_id"], "agent_completed")) < order.index(
+        (second["run_id"], "agent_started"))
+    assert [f["type"] for f in frames if f.get("run_id") == second["run_id"]][-1] == "agent_completed"
+
+
+async def test_reject_answers_thread_busy_and_the_first_run_goes_on(make_server) -> None:
+    server: Server = await make_server(model={"builtin_delay_ms": 10})
+    user = await register(server)
+    async with user.connect() as ws:
+        await until_ready(ws)
+        await ws.send(json.dumps({"type": "chat", "message": STORY}))
+        first = (await until_type(ws, "ack"))[-1]
+        await ws.send(json.dumps({"type": "chat", "message": "hi", "thread_id": first["thread_id"],
+                                  "multitask": "reject", "client_message_id": "r1"}))
+        frames = await until_type(ws, "error")
+        assert frames[-1]["code"] == "thread_busy" and frames[-1]["client_message_id"] == "r1"
+        rest = frames + await run_events(ws, first["run_id"])
+        assert [f for f in rest if f.get("run_id") == first["run_id"]][-1]["type"] == "agent_completed"
+
+
+async def test_interrupt_cancels_the_running_one_and_starts_the_new(make_server) -> None:
+    server: Server = await make_server(model={"builtin_delay_ms": 30})
+    user = await register(server)
+    async with user.connect() as ws:
+        await until_ready(ws)
+        await ws.send(json.dumps({"type": "chat", "message": STORY}))
+        first = (await until_type(ws, "ack"))[-1]
+        await until_type(ws, "agent_message_delta")
+        await ws.send(json.dumps({"type": "chat", "message": "What is 2 + 2?",
+                                  "thread_id": first["thread_id"], "multitask": "interrupt"}))
+        frames = []
+        while sum(f["type"] in TERMINAL for f in frames) < 2:
+            frames.append(await recv(ws, 20))
+    ends = {f["run_id"]: f for f in frames if f["type"] in TERMINAL}
+    assert ends[first["run_id"]]["type"] == "agent_cancelled"
+    assert ends[first["run_id"]]["data"] == {"reason": "interrupted"}
+    second = next(f for f in frames if f["type"] == "ack")
+    assert ends[second["run_id"]]["type"] == "agent_completed"
+
+
+async def test_a_retried_client_message_id_starts_one_run(make_server) -> None:
+    server: Server = await make_server(model={"builtin_delay_ms": 10})
+    user = await register(server)
+    async with user.connect() as ws:
+        await until_ready(ws)
+        await ws.send(json.dumps({"type": "chat", "message": STORY, "client_message_id": "same"}))
+        first = (await until_type(ws, "ack"))[-1]
+    async with user.connect() as ws:  # the retry after a reconnect
+        await until_ready(ws)
+        await ws.send(json.dumps({"type": "chat", "message": STORY, "client_message_id": "same"}))
+        second = (await until_type(ws, "ack"))[-1]
+        assert second["run_id"] == first["run_id"]
+    status, threads = await user.http("GET", "/api/threads")
+    status, history = await user.http("GET", f"/api/threads/{first['thread_id']}/messages")
+    assert len(threads["threads"]) == 1
+    assert [m["role"] for m in history["messages"]].count("user") == 1
