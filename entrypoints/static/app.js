@@ -260,7 +260,8 @@ async function onAuthSubmit(event) {
   } catch (error) {
     showAuthNote("");
     showAuthError(error.message || "That did not work. Try again.");
-    (error.status === 401 ? ui.password : ui.username).focus();
+    const aboutPassword = error.status === 401 || /password/i.test(error.message || "");
+    (aboutPassword ? ui.password : ui.username).focus();
   } finally {
     setAuthBusy(false);
   }

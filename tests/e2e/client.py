@@ -79,6 +79,8 @@ async def chat(ws: Any, message: str, **fields: Any) -> tuple[dict[str, Any], li
     """Send one chat frame; return its ack and the run's events up to the terminal one."""
     await ws.send(json.dumps({"type": "chat", "message": message, **fields}))
     ack = await recv(ws)
+    while ack.get("run_id") and ack["type"] != "ack":  # the user's other runs stream here too
+        ack = await recv(ws)
     assert ack["type"] == "ack", ack
     return ack, await run_events(ws, ack["run_id"])
 
