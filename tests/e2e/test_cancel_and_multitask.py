@@ -56,7 +56,7 @@ async def test_cancel_mid_tool_stops_within_a_second(make_server) -> None:
         assert time.monotonic() - pressed < 1.0
         assert rest[-1]["type"] == "agent_cancelled" and rest[-1]["data"] == {"reason": "user"}
         assert "agent_completed" not in [f["type"] for f in rest]
-    status, run = await user.http("GET", f"/api/runs/{ack['run_id']}")
+    _status, run = await user.http("GET", f"/api/runs/{ack['run_id']}")
     assert run["status"] == "cancelled"
 
 
@@ -163,7 +163,7 @@ async def test_a_retried_client_message_id_starts_one_run(make_server) -> None:
         await ws.send(json.dumps({"type": "chat", "message": STORY, "client_message_id": "same"}))
         second = (await until_type(ws, "ack"))[-1]
         assert second["run_id"] == first["run_id"]
-    status, threads = await user.http("GET", "/api/threads")
-    status, history = await user.http("GET", f"/api/threads/{first['thread_id']}/messages")
+    _, threads = await user.http("GET", "/api/threads")
+    _status, history = await user.http("GET", f"/api/threads/{first['thread_id']}/messages")
     assert len(threads["threads"]) == 1
     assert [m["role"] for m in history["messages"]].count("user") == 1

@@ -13,7 +13,7 @@ from dependency_injector import providers
 
 from domain.context import UserExecutionContext
 from domain.errors import ModelError
-from domain.llm import TextDelta, ToolCallDelta, ToolSpec
+from domain.llm import ToolCallDelta, ToolSpec
 from domain.tools import ToolBox, builtin_tools
 from entrypoints.appkeys import services
 from tests.e2e.client import Server, chat, register, until_ready
@@ -44,7 +44,7 @@ async def test_a_failing_model_ends_the_run_with_a_clear_agent_error(make_server
         assert events[-1]["type"] == "agent_error" and events[-1]["data"]["code"] == code
         assert events[-1]["data"]["message"] and "internals" not in events[-1]["data"]["message"]
         assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    status, run = await user.http("GET", f"/api/runs/{ack['run_id']}")
+    _status, run = await user.http("GET", f"/api/runs/{ack['run_id']}")
     assert run["status"] == "failed"
     assert services(server.app).factory.metrics().active == 0
 

@@ -67,9 +67,9 @@ async def test_a_thousand_connect_chat_drop_cycles_leave_nothing_behind(make_ser
     assert found.chat.active_runs == 0 and found.bridge.connections() == []
     assert len(asyncio.all_tasks()) <= tasks_before
     assert open_fds() <= fds_before
-    status, threads = await user.http("GET", "/api/threads")
+    _, threads = await user.http("GET", "/api/threads")
     assert len(threads["threads"]) == CYCLES + WORKERS
-    status, run = await user.http("GET", f"/api/threads/{threads['threads'][0]['thread_id']}/messages")
+    _status, run = await user.http("GET", f"/api/threads/{threads['threads'][0]['thread_id']}/messages")
     assert run["messages"][-1]["role"] == "assistant"  # the dropped run still finished
 
 

@@ -28,7 +28,7 @@ def run_frames(frames: list[dict], run_id: str) -> list[dict]:
 
 
 async def full_run(user, run_id: str) -> list[dict]:
-    status, body = await user.http("GET", f"/api/runs/{run_id}")
+    status, _body = await user.http("GET", f"/api/runs/{run_id}")
     assert status == 200
     async with aiohttp.ClientSession() as session, session.get(
             user.server.base_url + f"/api/runs/{run_id}/events", headers=user.auth) as response:
@@ -63,7 +63,6 @@ async def test_resume_after_the_run_ended_and_by_run_and_seq(make_server) -> Non
         await ws.send(json.dumps({"type": "chat", "message": "What is 17 * 23?"}))
         first = await read_until(ws, lambda f: f["type"] == "tool_executing")
         run_id = first[-1]["run_id"]
-    status, _ = await user.http("GET", f"/api/runs/{run_id}")
     for _ in range(100):
         if (await user.http("GET", f"/api/runs/{run_id}"))[1]["status"] == "completed":
             break
