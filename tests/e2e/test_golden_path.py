@@ -111,3 +111,14 @@ async def test_health_and_ready(server: Server) -> None:
             assert response.status == 200
         async with session.get(server.base_url + "/") as response:
             assert response.status == 200 and "text/html" in response.headers["Content-Type"]
+
+
+async def test_the_server_pings_idle_sockets(make_server) -> None:
+    server = await make_server(server={"ws_heartbeat_s": 0.2})
+    user = await register(server)
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            server.ws_url, headers=user.auth, autoping=False) as ws:
+        assert (await ws.receive_json())["type"] == "ready"
+        msg = await ws.receive(timeout=2)
+        assert msg.type is aiohttp.WSMsgType.PING
+        await ws.pong(msg.data)

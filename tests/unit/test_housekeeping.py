@@ -1,0 +1,92 @@
+"""Housekeeping: leases renewed, orphans of dead processes failed with a last event, leaks swept."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from dependency_injector import providers
+
+from container import Container
+from domain.context import UserExecutionContext
+from domain.events import EventType
+from domain.model import Run, RunStatus
+from tests.fakes import ScriptedModel, answer
+from tests.unit.conftest import Fakes
+
+
+async def started(container: Container):
+    container.chat_model.override(providers.Object(ScriptedModel(answer("fine"))))
+    await container.bridge().start()
+    return container.housekeeper()
+
+
+def run(fakes: Fakes, run_id: str, *, owner: str, lease_in_s: float,
+        status: RunStatus = RunStatus.RUNNING) -> Run:
+    now = fakes.clock.now()
+    made = Run(id=run_id, user_id="usr_a", thread_id="thr_a", status=status, created_at=now,
+               owner=owner, lease_expires_at=now + timedelta(seconds=lease_in_s))
+    fakes.runs.runs[run_id] = made
+    return made
+
+
+async def test_orphans_of_a_dead_process_end_interrupted_with_the_next_seq(fake_container: Container,
+                                                                           fakes: Fakes) -> None:
+    housekeeper = await started(fake_container)
+    run(fakes, "run_dead", owner="proc_dead", lease_in_s=-1)
+    run(fakes, "run_queued", owner="proc_dead", lease_in_s=-1, status=RunStatus.QUEUED)
+    run(fakes, "run_alive", owner="proc_other", lease_in_s=20)
+    run(fakes, "run_done", owner="proc_dead", lease_in_s=-1, status=RunStatus.COMPLETED)
+    emitter = fake_container.bridge().emitter_for(UserExecutionContext(
+        user_id="usr_a", thread_id="thr_a", run_id="run_dead", request_id="r",
+        created_at=fakes.clock.now()))
+    await emitter.emit(EventType.AGENT_STARTED, {"agent": "builtin"})
+    await emitter.emit(EventType.AGENT_THINKING, {"text": "hm"})
+
+    recovered = await housekeeper.recover_orphans()
+
+    assert sorted(r.id for r in recovered) == ["run_dead", "run_queued"]
+    assert fakes.runs.runs["run_dead"].status is RunStatus.FAILED
+    assert fakes.runs.runs["run_alive"].status is RunStatus.RUNNING
+    assert fakes.runs.runs["run_done"].status is RunStatus.COMPLETED
+    dead = [e for e in fakes.events.events if e.run_id == "run_dead"]
+    assert [(e.seq, e.type.value) for e in dead][-1] == (3, "agent_error")
+    assert dead[-1].data["code"] == "interrupted"
+    queued = [(e.seq, e.type.value) for e in fakes.events.events if e.run_id == "run_queued"]
+    assert queued == [(1, "agent_started"), (2, "agent_error")]
+    assert await housekeeper.recover_orphans() == []  # each orphan is claimed once
+
+
+async def test_a_live_process_keeps_its_runs_by_renewing_leases(fake_container: Container,
+                                                               fakes: Fakes) -> None:
+    housekeeper = await started(fake_container)
+    owner = fake_container.lease().owner
+    run(fakes, "run_mine", owner=owner, lease_in_s=1)
+    fakes.clock.advance(20)
+    assert await housekeeper.renew_leases() == 1
+    assert await housekeeper.recover_orphans() == []
+    fakes.clock.advance(31)  # renewal stopped: this is what a crash looks like
+    assert [r.id for r in await housekeeper.recover_orphans()] == ["run_mine"]
+
+
+async def test_runs_are_created_with_this_processs_lease(fake_container: Container, fakes: Fakes) -> None:
+    await started(fake_container)
+    chat = fake_container.chat_service()
+    submitted = (await chat.submit(user_id="usr_a", text="hi", request_id="r")).run
+    stored = fakes.runs.runs[submitted.id]
+    assert stored.owner == fake_container.lease().owner
+    assert stored.lease_expires_at == fakes.clock.now() + timedelta(seconds=30)
+    await chat.wait("usr_a", submitted.id)
+
+
+async def test_sweep_cleans_up_engines_that_outlived_their_run(fake_container: Container,
+                                                              unit_settings) -> None:
+    unit_settings.limits.run_timeout_s = 1
+    await started(fake_container)
+    factory = fake_container.engine_factory()
+    leaked = await factory.create_for_user(UserExecutionContext(
+        user_id="usr_a", thread_id="thr_a", run_id="run_leak", request_id="r",
+        created_at=datetime.now(UTC)))
+    assert await factory.sweep() == 0
+    leaked.created_monotonic -= 120
+    assert await factory.sweep() == 1
+    assert leaked.closed and factory.metrics().active == 0 and factory.metrics().swept == 1
