@@ -48,7 +48,7 @@ class User:
 
     def connect(self) -> Any:
         return websockets.connect(self.server.ws_url, additional_headers=self.auth,
-                                  max_size=2**22, open_timeout=10)
+                                  max_size=2**22, open_timeout=10, max_queue=None)
 
 
 async def register(server: Server, username: str | None = None) -> User:
