@@ -8,12 +8,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from dependency_injector import providers
-
 from domain.context import UserExecutionContext
-from domain.tools import ToolBox, builtin_tools
 from domain.tools.calculator import Calculator
 from tests.e2e.client import TERMINAL, Server, recv, register, run_events, until_ready
+from tests.overrides import replace_calculator
 
 STORY = "tell me a story"
 
@@ -26,15 +24,6 @@ class SlowCalculator(Calculator):
         return await super().__call__(context, arguments)
 
 
-def slow_calculator(container) -> None:
-    def tools(notes, ids, clock):
-        return [SlowCalculator() if t.spec.name == "calculator" else t
-                for t in builtin_tools(notes=notes, ids=ids, clock=clock)]
-
-    container.toolbox.override(providers.Singleton(
-        ToolBox, tools=providers.Callable(tools, container.notes, container.ids, container.clock)))
-
-
 async def until_type(ws, kind: str, timeout: float = 10) -> list[dict]:
     frames = []
     while not frames or frames[-1]["type"] != kind:
@@ -43,7 +32,7 @@ async def until_type(ws, kind: str, timeout: float = 10) -> list[dict]:
 
 
 async def test_cancel_mid_tool_stops_within_a_second(make_server) -> None:
-    server: Server = await make_server(slow_calculator)
+    server: Server = await make_server(replace_calculator(SlowCalculator()))
     user = await register(server)
     async with user.connect() as ws:
         await until_ready(ws)

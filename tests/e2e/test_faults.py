@@ -9,21 +9,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from dependency_injector import providers
 
 from domain.context import UserExecutionContext
 from domain.errors import ModelError
 from domain.llm import ToolCallDelta, ToolSpec
-from domain.tools import ToolBox, builtin_tools
 from entrypoints.appkeys import services
 from tests.e2e.client import Server, chat, register, until_ready
 from tests.fakes import ScriptedModel
-
-
-def with_model(model) -> Any:
-    def override(container) -> None:
-        container.chat_model.override(providers.Object(model))
-    return override
+from tests.overrides import replace_calculator, replace_model
 
 
 @pytest.mark.parametrize(("model", "code"), [
@@ -35,7 +28,7 @@ def with_model(model) -> Any:
     (ScriptedModel([object()]), "model_bad_output"),  # type: ignore[list-item]
 ])
 async def test_a_failing_model_ends_the_run_with_a_clear_agent_error(make_server, model, code) -> None:
-    server: Server = await make_server(with_model(model), model={"timeout_s": 0.5})
+    server: Server = await make_server(replace_model(model), model={"timeout_s": 0.5})
     user = await register(server)
     async with user.connect() as ws:
         await until_ready(ws)
@@ -70,18 +63,8 @@ class BurnCpu:
         return {"expression": arguments.get("expression"), "value": 391, "spins": n}
 
 
-def with_calculator(tool) -> Any:
-    def override(container) -> None:
-        def tools(notes, ids, clock):
-            return [tool if t.spec.name == "calculator" else t
-                    for t in builtin_tools(notes=notes, ids=ids, clock=clock)]
-        container.toolbox.override(providers.Singleton(
-            ToolBox, tools=providers.Callable(tools, container.notes, container.ids, container.clock)))
-    return override
-
-
 async def test_a_raising_tool_gives_tool_completed_with_error_and_the_agent_answers(make_server) -> None:
-    server: Server = await make_server(with_calculator(ExplodingTool()))
+    server: Server = await make_server(replace_calculator(ExplodingTool()))
     user = await register(server)
     async with user.connect() as ws:
         await until_ready(ws)
@@ -93,7 +76,7 @@ async def test_a_raising_tool_gives_tool_completed_with_error_and_the_agent_answ
 
 
 async def test_a_cpu_heavy_tool_does_not_stop_other_users_streams(make_server) -> None:
-    server: Server = await make_server(with_calculator(BurnCpu()), model={"builtin_delay_ms": 20})
+    server: Server = await make_server(replace_calculator(BurnCpu()), model={"builtin_delay_ms": 20})
     burner, other = await register(server), await register(server)
     async with burner.connect() as ws_burn, other.connect() as ws_other:
         await until_ready(ws_burn)
