@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from typing import Protocol
@@ -79,7 +80,14 @@ class AgentWebSocketBridge:
         return RunEventEmitter(context, self.publish, self._clock, after_seq=after_seq)
 
     async def publish(self, event: AgentEvent) -> AgentEvent:
-        """Store the event (which gives it its cursor), then fan it out to the user's subscribers."""
+        """Store the event (which gives it its cursor), then fan it out to the user's subscribers.
+
+        Shielded: a cancel (the user's stop, a timeout) that lands while the event is being
+        stored must not leave it stored but undelivered, a gap on every live socket.
+        """
+        return await asyncio.shield(self._store_and_fan_out(event))
+
+    async def _store_and_fan_out(self, event: AgentEvent) -> AgentEvent:
         stored = await self._log.append(event)
         self.events_published += 1
         await self._bus.publish(envelope_of(stored))

@@ -35,10 +35,9 @@ from domain.tools import builtin_tools as make_builtin_tools
 
 
 async def _database(settings: Settings) -> AsyncIterator[Database]:
+    """The engine connects lazily; migrations run at boot (entrypoints.app) or by `goldenpath migrate`."""
     database = Database(settings.database.url, echo=settings.database.echo)
     try:
-        if settings.database.migrate_on_start:
-            await database.migrate()
         yield database
     finally:
         await database.dispose()

@@ -11,6 +11,7 @@ from aiohttp import web
 from loguru import logger
 
 from container import Container
+from container.lifecycle import start_resources
 from entrypoints.appkeys import CONTAINER, LIFECYCLE, SETTINGS, Lifecycle, Services
 from entrypoints.http.handlers import routes
 from entrypoints.middlewares import authentication, errors, request_ids
@@ -32,7 +33,7 @@ async def _boot(app: web.Application) -> None:
     retries, instead of a connection refused or a half-built server.
     """
     container = app[CONTAINER]
-    await container.init_resources()
+    await start_resources(container)
     bridge = await container.bridge()
     await bridge.start()
     app[LIFECYCLE].services = Services(

@@ -14,6 +14,7 @@ from aiohttp import web
 from loguru import logger
 
 from container import Container
+from container.lifecycle import start_resources
 from container.logging import configure_logging
 from domain.errors import DomainError
 
@@ -28,7 +29,7 @@ def _container() -> Container:
 
 
 async def _with_resources(container: Container, work: Callable[[Container], Awaitable[T]]) -> T:
-    await container.init_resources()
+    await start_resources(container)
     try:
         return await work(container)
     finally:

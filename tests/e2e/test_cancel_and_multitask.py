@@ -156,3 +156,20 @@ async def test_a_retried_client_message_id_starts_one_run(make_server) -> None:
     _status, history = await user.http("GET", f"/api/threads/{first['thread_id']}/messages")
     assert len(threads["threads"]) == 1
     assert [m["role"] for m in history["messages"]].count("user") == 1
+
+
+async def test_a_cancel_never_leaves_a_gap_on_a_live_socket(make_server) -> None:
+    """A stop that lands while an event is being stored must not drop that event from the socket."""
+    server: Server = await make_server(model={"builtin_delay_ms": 0},
+                                       limits={"max_pending_runs_per_user": 64})
+    user = await register(server)
+    async with user.connect() as ws:
+        await until_ready(ws)
+        for _ in range(30):
+            await ws.send(json.dumps({"type": "chat", "message": STORY}))
+            ack = (await until_type(ws, "ack"))[-1]
+            frames = [f for f in await until_type(ws, "agent_thinking") if f.get("run_id") == ack["run_id"]]
+            await ws.send(json.dumps({"type": "cancel", "run_id": ack["run_id"]}))
+            frames += await run_events(ws, ack["run_id"])
+            seqs = [f["seq"] for f in frames]
+            assert seqs == list(range(1, len(seqs) + 1)), seqs
