@@ -98,6 +98,8 @@ async def test_a_cpu_heavy_tool_does_not_stop_other_users_streams(make_server) -
         burn_events = []
         while not burn_events or burn_events[-1]["type"] != "agent_completed":
             burn_events.append(json.loads(await asyncio.wait_for(ws_burn.recv(), 10)))
-    assert max(gaps) < 0.25, f"the other user's stream stalled for {max(gaps):.2f} s"
+    # On the loop the burn would stall everyone for 2 s; in a thread it only shares the GIL
+    # (gaps up to ~0.35 s seen on 2 cores, with the database thread competing too).
+    assert max(gaps) < 1.0, f"the other user's stream stalled for {max(gaps):.2f} s"
     done = next(e for e in burn_events if e["type"] == "tool_completed")
     assert done["data"]["duration_ms"] >= 2000 and "391" in burn_events[-1]["data"]["text"]
