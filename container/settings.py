@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Known to everyone, so production refuses it (a token signed with it proves nothing).
@@ -12,6 +12,7 @@ DEV_JWT_SECRET = "goldenpath-development-secret-do-not-use-in-production"  # noq
 
 
 class ServerSettings(BaseModel):
+    processes: int = Field(1, ge=1, description="server processes sharing this database")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     shutdown_grace_s: float = Field(10.0, ge=0)
@@ -38,9 +39,19 @@ class AuthSettings(BaseModel):
 
 
 class ModelSettings(BaseModel):
-    provider: Literal["builtin"] = "builtin"
+    provider: Literal["builtin", "openai"] = "builtin"
     builtin_delay_ms: float = Field(15.0, ge=0, description="pause between streamed pieces")
     timeout_s: float = Field(60.0, gt=0, description="longest wait for the model's next piece")
+    base_url: str = "https://api.openai.com/v1"
+    api_key: SecretStr = SecretStr("")
+    name: str = "gpt-4o-mini"
+    max_retries: int = Field(3, ge=0, le=10)
+
+
+class BusSettings(BaseModel):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    channel: str = "goldenpath:events"
 
 
 class LimitsSettings(BaseModel):
@@ -76,4 +87,33 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     limits: LimitsSettings = LimitsSettings()
     runs: RunsSettings = RunsSettings()
+    bus: BusSettings = BusSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.env == "production":
+            problems = unsafe_for_production(self)
+            if problems:
+                raise ValueError("refusing to start in production:\n- " + "\n- ".join(problems))
+        return self
+
+
+def unsafe_for_production(settings: Settings) -> list[str]:
+    """What a production deployment must change, each as an instruction."""
+    problems = []
+    secret = settings.auth.jwt_secret.get_secret_value()
+    if secret == DEV_JWT_SECRET or len(secret.encode()) < 32:
+        problems.append("set GOLDENPATH_AUTH__JWT_SECRET to a random secret of 32 bytes or more "
+                        "(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')")
+    if settings.database.url.startswith("sqlite"):
+        problems.append("set GOLDENPATH_DATABASE__URL to PostgreSQL "
+                        "(postgresql+asyncpg://user:password@host:5432/db); SQLite is for one laptop")
+    if settings.bus.backend == "memory" and settings.server.processes > 1:
+        problems.append(f"GOLDENPATH_SERVER__PROCESSES is {settings.server.processes}: set "
+                        "GOLDENPATH_BUS__BACKEND=redis and GOLDENPATH_BUS__REDIS_URL so events reach "
+                        "every process")
+    if settings.model.provider == "openai" and not settings.model.api_key.get_secret_value() and \
+            "api.openai.com" in settings.model.base_url:
+        problems.append("set GOLDENPATH_MODEL__API_KEY for the OpenAI API")
+    return problems

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from aiohttp import web
 from loguru import logger
+from pydantic import ValidationError
 
 from container import Container
 from container.lifecycle import start_resources
@@ -159,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
+    except ValidationError as exc:
+        print("error: the settings are not valid:", file=sys.stderr)
+        for error in exc.errors():
+            where = "__".join(str(part) for part in error["loc"]).upper()
+            prefix = f"GOLDENPATH_{where}: " if where else ""
+            print(f"  {prefix}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
     except DomainError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_IMMEDIATE = "goldenpath_sqlite_immediate"
 
 _SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -40,6 +41,14 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor.execute(pragma)
     finally:
         cursor.close()
+    # We emit BEGIN ourselves (below); the driver's own would come too late for IMMEDIATE.
+    dbapi_connection.isolation_level = None
+
+
+def _begin_sqlite(conn: Connection) -> None:
+    """Writers take SQLite's write lock at BEGIN, so what they read is what they write over."""
+    immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _upgrade(connection: Connection, config: Config) -> None:
@@ -63,6 +72,7 @@ class Database:
             self._write_lock = asyncio.Lock()
             self._engine = create_async_engine(url, echo=echo)
             event.listen(self._engine.sync_engine, "connect", _set_sqlite_pragmas)
+            event.listen(self._engine.sync_engine, "begin", _begin_sqlite)
         else:
             self._engine = create_async_engine(url, echo=echo, pool_pre_ping=True)
 
@@ -84,7 +94,10 @@ class Database:
         async with contextlib.AsyncExitStack() as stack:
             if self._write_lock is not None:
                 await stack.enter_async_context(self._write_lock)
-            conn = await stack.enter_async_context(self._engine.begin())
+            conn = await stack.enter_async_context(self._engine.connect())
+            if self._write_lock is not None:
+                await conn.execution_options(**{_IMMEDIATE: True})
+            await stack.enter_async_context(conn.begin())
             yield conn
 
     @contextlib.asynccontextmanager

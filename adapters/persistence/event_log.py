@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -23,6 +23,8 @@ MAX_BATCH = 500
 PRUNE_BATCH = 5000
 # event_log_state names: the highest event id pruned, and the highest deleted with its thread.
 PRUNED_THROUGH = "pruned_through"
+# Any fixed number: the advisory lock every process takes to append events (PostgreSQL).
+APPEND_LOCK = 0x676F6C64
 DELETED_THROUGH = "deleted_through"
 
 _Event = tuple[AgentEvent, dict[str, Any], "asyncio.Future[AgentEvent]"]
@@ -80,10 +82,11 @@ def _event(row: Any) -> AgentEvent:
 class SqlAlchemyEventLog:
     """One writer task stores whatever is queued in one transaction, so many runs cost few commits.
 
-    Ids are numbered here, not by the database, so they follow append order and each batch
-    commits after the one before: a reader's cursor never passes an event not yet visible.
-    That holds for one writing process per database. Ids are never given out twice, not even
-    those of pruned or deleted events: a client's cursor must never skip a newer event.
+    Ids are numbered inside each batch's transaction, after the highest id stored, while no
+    other appender can write: on PostgreSQL an advisory lock held until commit serialises the
+    processes that share the database, on SQLite the one writer does. So ids become visible in
+    order and a reader's cursor never passes an event still to appear. Ids are never given out
+    twice, not even those of pruned or deleted events: a cursor must never skip a newer event.
     """
 
     def __init__(
@@ -94,17 +97,13 @@ class SqlAlchemyEventLog:
         self._prune_batch = prune_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._last_id = 0
         self._pruned_through = 0
 
     async def start(self) -> None:
         if self._task is not None:
             return
         async with self._db.reading() as conn:
-            stored = (await conn.execute(select(func.max(events.c.id)))).scalar() or 0
             self._pruned_through = await read_state(conn, PRUNED_THROUGH)
-            deleted = await read_state(conn, DELETED_THROUGH)
-        self._last_id = max(stored, self._pruned_through, deleted)
         self._task = asyncio.create_task(self._write_forever(), name="event-log-writer")
 
     async def stop(self) -> None:
@@ -214,7 +213,7 @@ class SqlAlchemyEventLog:
                 return
 
     async def _flush(self, batch: list[_Event]) -> None:
-        rows = [{**row, "id": self._next_id()} for _, row, _ in batch]
+        rows = [dict(row) for _, row, _ in batch]
         try:
             await self._insert(rows)
         except IntegrityError as exc:
@@ -242,12 +241,15 @@ class SqlAlchemyEventLog:
             _resolve([row], [item])
 
     async def _insert(self, rows: list[dict[str, Any]]) -> None:
+        """Number the rows and store them in one transaction; the numbering is part of it."""
         async with self._db.writing() as conn:
+            if self._db.dialect == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK})
+            stored = (await conn.execute(select(func.max(events.c.id)))).scalar() or 0
+            top = max(stored, await read_state(conn, PRUNED_THROUGH, DELETED_THROUGH))
+            for offset, row in enumerate(rows, start=1):
+                row["id"] = top + offset
             await conn.execute(insert(events), rows)
-
-    def _next_id(self) -> int:
-        self._last_id += 1
-        return self._last_id
 
 
 def _resolve(rows: list[dict[str, Any]], batch: list[_Event]) -> None:
