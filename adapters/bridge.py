@@ -7,7 +7,10 @@ import json
 from collections import defaultdict
 from typing import Protocol
 
+from loguru import logger
+
 from adapters.event_bus import Envelope, EventBus
+from adapters.websocket import SocketConnection
 from domain.context import UserExecutionContext
 from domain.events import AgentEvent, RunEventEmitter
 from domain.ports import Clock, EventLog
@@ -39,6 +42,8 @@ class AgentWebSocketBridge:
         self._clock = clock
         self._subscribers: defaultdict[str, dict[str, Subscriber]] = defaultdict(dict)
         self._started = False
+        self._lost_at: dict[str, str | None] = {}
+        self._last_cursor: str | None = None  # the newest event this process has seen
         self.events_published = 0
         self.frames_delivered = 0
         self.frames_dropped = 0
@@ -48,7 +53,7 @@ class AgentWebSocketBridge:
         return self._started
 
     async def start(self) -> None:
-        await self._bus.start(self._deliver)
+        await self._bus.start(self)
         self._started = True
 
     async def stop(self) -> None:
@@ -93,7 +98,33 @@ class AgentWebSocketBridge:
         await self._bus.publish(envelope_of(stored))
         return stored
 
-    def _deliver(self, envelope: Envelope) -> None:
+    # -- the bus as a listener sees it ------------------------------------------------------------
+
+    def bus_lost(self) -> None:
+        """Remember where each socket stood: what other processes publish now will not arrive."""
+        for subscriber in self.connections():
+            if isinstance(subscriber, SocketConnection) and subscriber.connection_id not in self._lost_at:
+                self._lost_at[subscriber.connection_id] = subscriber.high_cursor or self._last_cursor
+
+    async def bus_restored(self) -> None:
+        """Catch every socket up from the log, from where it stood when the bus went away."""
+        lost_at, self._lost_at = self._lost_at, {}
+        for subscriber in self.connections():
+            if not isinstance(subscriber, SocketConnection) or subscriber.connection_id not in lost_at:
+                continue
+            subscriber.hold_live_events()
+            try:
+                stored = await self._log.read_user(subscriber.user_id, lost_at[subscriber.connection_id])
+            except Exception:
+                subscriber.release_live_events()
+                logger.exception("could not catch socket {} up after the bus returned",
+                                 subscriber.connection_id)
+                continue
+            await subscriber.replay(map(envelope_of, stored), skip_sent=True)
+
+    def deliver(self, envelope: Envelope) -> None:
+        if self._last_cursor is None or envelope.cursor > self._last_cursor:
+            self._last_cursor = envelope.cursor
         for subscriber in list(self._subscribers.get(envelope.user_id, {}).values()):
             if subscriber.deliver(envelope):
                 self.frames_delivered += 1

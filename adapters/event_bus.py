@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 
@@ -19,11 +19,26 @@ class Envelope:
     frame: str
 
 
-Deliver = Callable[[Envelope], None]
+def encode(envelope: Envelope) -> str:
+    return json.dumps(asdict(envelope), separators=(",", ":"))
+
+
+def decode(payload: str | bytes) -> Envelope:
+    return Envelope(**json.loads(payload))
+
+
+class BusListener(Protocol):
+    """What a bus reports to: each envelope, and the loss and return of its connection."""
+
+    def deliver(self, envelope: Envelope) -> None: ...
+
+    def bus_lost(self) -> None: ...
+
+    async def bus_restored(self) -> None: ...
 
 
 class EventBus(Protocol):
-    async def start(self, deliver: Deliver) -> None: ...
+    async def start(self, listener: BusListener) -> None: ...
 
     async def publish(self, envelope: Envelope) -> None: ...
 
@@ -34,14 +49,14 @@ class InMemoryEventBus:
     """The embedded default: one process, so publishing is delivering."""
 
     def __init__(self) -> None:
-        self._deliver: Deliver | None = None
+        self._listener: BusListener | None = None
 
-    async def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
+    async def start(self, listener: BusListener) -> None:
+        self._listener = listener
 
     async def publish(self, envelope: Envelope) -> None:
-        if self._deliver is not None:
-            self._deliver(envelope)
+        if self._listener is not None:
+            self._listener.deliver(envelope)
 
     async def stop(self) -> None:
-        self._deliver = None
+        self._listener = None

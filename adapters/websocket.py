@@ -20,8 +20,9 @@ REPLAY_PATIENCE_S = 10.0
 class SocketConnection:
     """Frames wait in a bounded queue; a client too slow to drain it is closed with 4408.
 
-    During a resume, live events are held back while the stored ones are sent, then released
-    without the ones the replay already carried: no event twice, none lost.
+    It remembers the last seq it sent of each run and drops anything at or below it, so no
+    event reaches it twice whatever path it comes by (live, a resume, a catch-up after the bus
+    was lost). During a replay, live events are held back and released after it.
     """
 
     def __init__(self, ws: web.WebSocketResponse, *, user_id: str, connection_id: str,
@@ -33,8 +34,9 @@ class SocketConnection:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._held: list[Envelope] | None = None
-        self._cursor_floor: str | None = None
-        self._run_floor: dict[str, int] = {}
+        self._first_frame_pending = False
+        self._sent_seq: dict[str, int] = {}
+        self.high_cursor: str | None = None
         self.sent = 0
         self.dropped = 0
 
@@ -70,46 +72,60 @@ class SocketConnection:
                 return False
             self._held.append(envelope)
             return True
-        if self._already_sent(envelope):
+        if envelope.seq <= self._sent_seq.get(envelope.run_id, 0):
             return True
-        return self.send(envelope.frame)
-
-    def _already_sent(self, envelope: Envelope) -> bool:
-        if self._cursor_floor is not None and envelope.cursor <= self._cursor_floor:
-            return True
-        floor = self._run_floor.get(envelope.run_id)
-        if floor is None:
+        if not self.send(envelope.frame):
             return False
-        if envelope.terminal and envelope.seq > floor:
-            del self._run_floor[envelope.run_id]
-        return envelope.seq <= floor
+        self._note_sent(envelope)
+        return True
+
+    def _note_sent(self, envelope: Envelope) -> None:
+        self._sent_seq[envelope.run_id] = max(self._sent_seq.get(envelope.run_id, 0), envelope.seq)
+        if self.high_cursor is None or envelope.cursor > self.high_cursor:
+            self.high_cursor = envelope.cursor
 
     # -- resume -------------------------------------------------------------------------------
 
     def hold_live_events(self) -> None:
-        self._held = []
+        if self._held is None:
+            self._held = []
 
-    async def replay(self, stored: Iterable[Envelope], *, by_cursor: str | None = None,
-                     run_id: str | None = None, after_seq: int = 0) -> None:
-        """Send stored events (waiting for room, not dropping), then the live ones held meanwhile."""
-        last_cursor, last_seq = by_cursor, after_seq
+    def hold_until_first_frame(self, patience_s: float) -> None:
+        """A new socket's first frame is often a resume: live events wait so the replay comes first.
+
+        A client that only listens gets them after `patience_s` at the latest.
+        """
+        self.hold_live_events()
+        self._first_frame_pending = True
+        asyncio.get_running_loop().call_later(patience_s, self.first_frame_handled)
+
+    def first_frame_handled(self) -> None:
+        if self._first_frame_pending:
+            self._first_frame_pending = False
+            self.release_live_events()
+
+    async def replay(self, stored: Iterable[Envelope], *, skip_sent: bool = False) -> None:
+        """Send stored events (waiting for room, not dropping), then the live ones held meanwhile.
+
+        A client's resume gets what it asked for; a catch-up (`skip_sent`) only what is missing.
+        """
         for envelope in stored:
             if self._closing:
                 return
+            if skip_sent and envelope.seq <= self._sent_seq.get(envelope.run_id, 0):
+                continue
             try:
                 async with asyncio.timeout(REPLAY_PATIENCE_S):
                     await self._queue.put(envelope.frame)
             except TimeoutError:
                 self._too_slow()
                 return
-            last_cursor, last_seq = envelope.cursor, envelope.seq
-        if by_cursor is not None and last_cursor is not None:
-            self._cursor_floor = max(self._cursor_floor or "", last_cursor)
-        if run_id is not None:
-            self._run_floor[run_id] = max(self._run_floor.get(run_id, 0), last_seq)
+            self._note_sent(envelope)
         self.release_live_events()
 
     def release_live_events(self) -> None:
+        if self._first_frame_pending:
+            return  # still waiting for the client's first frame (see hold_until_first_frame)
         held, self._held = self._held or [], None
         for envelope in held:
             self.deliver(envelope)

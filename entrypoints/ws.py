@@ -17,6 +17,8 @@ from entrypoints.ws_frames import FrameDispatcher
 
 CLOSE_TRY_AGAIN = 1013
 CLOSE_UNAUTHORIZED = 4401
+# A new socket's live events wait this long at most for a first frame (usually a resume).
+FIRST_FRAME_PATIENCE_S = 0.5
 
 
 async def _token_from_first_frame(ws: web.WebSocketResponse, timeout_s: float) -> str | None:
@@ -63,6 +65,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     connection.start()
     connection.send_json({"type": "ready", "user_id": user.id,
                           "connection_id": connection.connection_id})
+    connection.hold_until_first_frame(FIRST_FRAME_PATIENCE_S)
     found.bridge.register(connection)
     dispatcher = FrameDispatcher(chat=found.chat, conversations=found.conversations,
                                  connection=connection,
@@ -75,6 +78,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 elif msg.type is WSMsgType.BINARY:
                     connection.send_json({"type": "error", "code": "invalid_message",
                                           "message": "Send frames as JSON text, not binary."})
+                connection.first_frame_handled()
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -123,7 +123,7 @@ class FrameDispatcher:
             except BaseException:
                 self._connection.release_live_events()
                 raise
-            await self._connection.replay(map(envelope_of, stored), by_cursor=cursor)
+            await self._connection.replay(map(envelope_of, stored))
             return
         if run_id is None:
             raise FrameError("invalid_message", "A resume frame needs 'cursor', or 'run_id' and 'after_seq'.")
@@ -137,7 +137,7 @@ class FrameDispatcher:
         except BaseException:
             self._connection.release_live_events()
             raise
-        await self._connection.replay(map(envelope_of, stored), run_id=run_id, after_seq=after_seq)
+        await self._connection.replay(map(envelope_of, stored))
 
     async def _ping_frame(self, frame: dict[str, Any]) -> None:
         self._connection.send_json({"type": "pong"})

@@ -1,0 +1,91 @@
+"""RedisEventBus: events fan out through Redis pub/sub to every process that holds sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from loguru import logger
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from adapters.event_bus import BusListener, Envelope, decode, encode
+
+FIRST_SUBSCRIBE_S = 10.0
+MAX_BACKOFF_S = 5.0
+
+
+class RedisEventBus:
+    """Every process publishes to one channel and delivers what it receives to its own sockets.
+
+    While Redis is away, this process still delivers its own events to its own sockets, and
+    tells the listener; when Redis is back, the listener catches its sockets up from the log.
+    """
+
+    def __init__(self, url: str, channel: str) -> None:
+        self._redis = Redis.from_url(url, socket_keepalive=True, health_check_interval=10,
+                                     socket_connect_timeout=5)
+        self._channel = channel
+        self._listener: BusListener | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._connected = False
+
+    async def start(self, listener: BusListener) -> None:
+        self._listener = listener
+        self._task = asyncio.create_task(self._listen(), name="redis-bus")
+        try:
+            async with asyncio.timeout(FIRST_SUBSCRIBE_S):
+                await self._subscribed.wait()
+        except TimeoutError:
+            await self.stop()
+            raise RuntimeError(f"Redis did not answer within {FIRST_SUBSCRIBE_S:g} s; "
+                               "check GOLDENPATH_BUS__REDIS_URL") from None
+
+    async def publish(self, envelope: Envelope) -> None:
+        try:
+            await self._redis.publish(self._channel, encode(envelope))
+        except (RedisError, OSError) as exc:
+            # Local sockets still get it now; other processes' sockets catch up when Redis returns.
+            logger.warning("could not publish to Redis ({}); delivering locally only", type(exc).__name__)
+            self._lost()
+            if self._listener is not None:
+                self._listener.deliver(envelope)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await self._redis.aclose()
+
+    def _lost(self) -> None:
+        if self._connected:
+            self._connected = False
+            if self._listener is not None:
+                self._listener.bus_lost()
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    restored = self._subscribed.is_set() and not self._connected
+                    self._connected = True
+                    self._subscribed.set()
+                    backoff = 0.1
+                    if restored and self._listener is not None:
+                        logger.info("Redis is back; catching sockets up")
+                        await self._listener.bus_restored()
+                    async for message in pubsub.listen():
+                        if message["type"] == "message" and self._listener is not None:
+                            self._listener.deliver(decode(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                logger.warning("lost Redis ({}); retrying in {:.1f} s", type(exc).__name__, backoff)
+                self._lost()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
