@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -21,6 +23,13 @@ from domain.ports import AuditLog, Clock, IdGenerator, MessageRepository, RunRep
 log = logging.getLogger(__name__)
 
 _TITLE_CHARS = 60
+
+# The ids of the run the current task executes (user_id, run_id, thread_id, request_id), set for
+# the whole of a run's task. The domain only sets it; the composition root's logging reads it and
+# puts the ids on every log line written meanwhile, by the domain or by an adapter it calls.
+# Tasks copy their context when created, so each run's task sees its own and no other.
+RUN_LOG_CONTEXT: ContextVar[Mapping[str, str] | None] = ContextVar("goldenpath_run_log_context",
+                                                                   default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,8 @@ class ChatService:
         # (user, client_message_id) pairs being submitted now: a retry racing the original waits for it.
         self._submitting: dict[tuple[str, str], asyncio.Future[Submission]] = {}
         self._accepting = True
+        self._outcomes = {status.value: 0 for status in
+                          (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)}
 
     # -- submitting -------------------------------------------------------------------------
 
@@ -179,7 +190,10 @@ class ChatService:
 
     async def _execute(self, run: Run, request_id: str, lane: ThreadLane,
                        turn: asyncio.Future[bool]) -> None:
+        RUN_LOG_CONTEXT.set({"user_id": run.user_id, "run_id": run.id, "thread_id": run.thread_id,
+                             "request_id": request_id})
         my_turn = False
+        ended = False
         try:
             my_turn = await lane.wait_turn(run.id, turn)
             context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id,
@@ -187,13 +201,17 @@ class ChatService:
                                            created_at=self._clock.now())
             try:
                 async with self._factory.user_execution_scope(context) as engine:
-                    await self._drive(engine, run)
+                    ended = await self._drive(engine, run)
             except LimitExceeded as exc:
                 await self._runs.set_status(run.id, RunStatus.FAILED, finished_at=self._clock.now(),
                                             error=exc.message)
                 await self._factory.reject_run(context, exc)
+                self._ended(run, RunStatus.FAILED, exc.code)
+                ended = True
         except Exception:
             log.exception("run %s could not be completed", run.id)
+            if not ended:
+                self._ended(run, RunStatus.FAILED, "internal_error")
         finally:
             if my_turn:
                 lane.leave(run.id)
@@ -205,7 +223,8 @@ class ChatService:
             self._cancel_requests.pop(run.id, None)
             self._tasks.pop(run.id, None)
 
-    async def _drive(self, engine: UserExecutionEngine, run: Run) -> None:
+    async def _drive(self, engine: UserExecutionEngine, run: Run) -> bool:
+        """Run the engine, persist, send the terminal event; True once the run's end is counted."""
         reason = self._cancel_requests.get(run.id)
         if reason is not None:
             engine.cancel(reason)
@@ -213,6 +232,7 @@ class ChatService:
             await self._runs.set_status(run.id, RunStatus.RUNNING)
         self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_STARTED,
                                       at=self._clock.now(), run_id=run.id))
+        log.info("run %s started", run.id)
         history = [
             ChatMessage(role="user" if m.role is Role.USER else "assistant", content=m.text)
             for m in await self._messages.list_for_thread(run.user_id, run.thread_id)
@@ -226,6 +246,13 @@ class ChatService:
                                       at=self._clock.now(), run_id=run.id,
                                       outcome=outcome.status.value,
                                       detail=outcome.error_code or outcome.cancel_reason))
+        self._ended(run, outcome.status, outcome.error_code or outcome.cancel_reason)
+        return True
+
+    def _ended(self, run: Run, status: RunStatus, detail: str | None) -> None:
+        """Count the run's outcome (exported as runs by outcome) and log its end."""
+        self._outcomes[status.value] = self._outcomes.get(status.value, 0) + 1
+        log.info("run %s ended %s%s", run.id, status.value, f" ({detail})" if detail else "")
 
     async def _persist(self, run: Run, outcome: RunOutcome) -> str | None:
         """Store the answer and the run's end before the terminal event, so HTTP agrees with it."""
@@ -289,6 +316,10 @@ class ChatService:
     @property
     def active_runs(self) -> int:
         return len(self._tasks)
+
+    def run_outcomes(self) -> dict[str, int]:
+        """Runs of this process that ended, by final status (completed, failed, cancelled)."""
+        return dict(self._outcomes)
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking runs, let running ones finish within the grace period, cancel the rest."""

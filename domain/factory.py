@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +22,12 @@ log = logging.getLogger(__name__)
 
 # An engine still registered this long after its run's timeout was leaked by its caller.
 SWEEP_GRACE_S = 60.0
+
+# Upper bounds (seconds) of the engine-creation-time histogram the factory keeps, so an exporter
+# can publish a distribution without the domain knowing any metrics library.
+CREATION_BUCKETS_S: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,8 @@ class FactoryMetrics:
     swept: int
     creation_seconds_total: float
     creation_seconds_max: float
+    # Creations per bucket of CREATION_BUCKETS_S (not cumulative); the last count is above the last bound.
+    creation_bucket_counts: tuple[int, ...] = ()
 
 
 class ExecutionEngineFactory:
@@ -75,6 +84,7 @@ class ExecutionEngineFactory:
         self._swept = 0
         self._creation_total = 0.0
         self._creation_max = 0.0
+        self._creation_buckets = [0] * (len(CREATION_BUCKETS_S) + 1)
 
     @property
     def limits(self) -> EngineLimits:
@@ -118,6 +128,7 @@ class ExecutionEngineFactory:
         elapsed = time.perf_counter() - started
         self._creation_total += elapsed
         self._creation_max = max(self._creation_max, elapsed)
+        self._creation_buckets[bisect_left(CREATION_BUCKETS_S, elapsed)] += 1
         self._audit.record(AuditEntry(user_id=context.user_id, action=AuditAction.ENGINE_CREATED,
                                       at=self._clock.now(), run_id=context.run_id))
         return engine
@@ -198,4 +209,5 @@ class ExecutionEngineFactory:
             swept=self._swept,
             creation_seconds_total=self._creation_total,
             creation_seconds_max=self._creation_max,
+            creation_bucket_counts=tuple(self._creation_buckets),
         )

@@ -14,6 +14,7 @@ from container import Container
 from container.lifecycle import start_resources
 from entrypoints.appkeys import CONTAINER, LIFECYCLE, SETTINGS, Lifecycle, Services
 from entrypoints.http.handlers import routes
+from entrypoints.metrics import install_metrics
 from entrypoints.middlewares import authentication, errors, request_ids
 from entrypoints.sse import run_events
 from entrypoints.ws import websocket
@@ -106,5 +107,6 @@ def create_app(container: Container) -> web.Application:
     app.router.add_get("/", _index)
     app.router.add_static("/static", STATIC)
     app.cleanup_ctx.append(_lifecycle)
+    install_metrics(app)  # GET /metrics (no auth: internal scraping) and the event-loop lag probe
     app.on_shutdown.append(_drain)
     return app
