@@ -1,0 +1,293 @@
+"""The openai adapter against a real local OpenAI-compatible HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp import web
+
+from adapters.models.openai_chat import OpenAIChatModel
+from domain.agent import RunState, run_agent
+from domain.context import UserExecutionContext
+from domain.errors import ModelError
+from domain.events import AgentEvent, EventType, RunEventEmitter
+from domain.llm import (
+    ChatMessage,
+    ModelChunk,
+    ModelRequest,
+    ReasoningDelta,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+    UsageReport,
+)
+from domain.tools import ToolBox, builtin_tools
+from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds
+from tests.integration import fake_openai_server as reply
+from tests.integration.fake_openai_server import FakeOpenAI
+
+API_KEY = "sk-test-SECRET-7f3a9c"
+NOW = datetime(2026, 11, 21, 14, 3, tzinfo=UTC)
+HELLO = ModelRequest(messages=(ChatMessage(role="user", content="Hello"),))
+
+MakeModel = Callable[..., OpenAIChatModel]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def make_model(fake: FakeOpenAI) -> AsyncIterator[MakeModel]:
+    models: list[OpenAIChatModel] = []
+
+    def make(**overrides: object) -> OpenAIChatModel:
+        options: dict = {"base_url": fake.base_url, "api_key": API_KEY, "model": "test-model",
+                         "timeout_s": 5.0, "max_retries": 2, "backoff_base_s": 0.001}
+        model = OpenAIChatModel(**(options | overrides))
+        models.append(model)
+        return model
+
+    yield make
+    for model in models:
+        await model.aclose()
+
+
+async def collect(model: OpenAIChatModel, request: ModelRequest = HELLO) -> list[ModelChunk]:
+    return [chunk async for chunk in model.stream(request)]
+
+
+async def failure(model: OpenAIChatModel, request: ModelRequest = HELLO) -> ModelError:
+    with pytest.raises(ModelError) as caught:
+        await collect(model, request)
+    assert API_KEY not in caught.value.message and API_KEY not in str(caught.value)
+    return caught.value
+
+
+async def test_streams_text_and_reports_usage(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.script(reply.text("Hel", "lo ", "there", usage=(21, 3)))
+    model = make_model()
+    chunks = await collect(model)
+    assert [c.text for c in chunks if isinstance(c, TextDelta)] == ["Hel", "lo ", "there"]
+    assert chunks[-1] == UsageReport(prompt_tokens=21, completion_tokens=3)
+    assert model.name == "openai:test-model"
+    [received] = fake.received
+    assert received.authorization == f"Bearer {API_KEY}"
+    assert received.body["model"] == "test-model"
+    assert received.body["stream"] is True
+    assert received.body["stream_options"] == {"include_usage": True}
+    assert received.body["messages"] == [{"role": "user", "content": "Hello"}]
+    assert "tools" not in received.body and "temperature" not in received.body
+
+
+async def test_empty_key_sends_a_placeholder_and_temperature_is_passed(
+    fake: FakeOpenAI, make_model: MakeModel
+) -> None:
+    fake.script(reply.text("ok"))
+    await collect(make_model(api_key="", temperature=0.2))
+    [received] = fake.received
+    assert received.authorization == "Bearer not-needed"
+    assert received.body["temperature"] == 0.2
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_reasoning_deltas(fake: FakeOpenAI, make_model: MakeModel, field: str) -> None:
+    fake.script(reply.reasoning(("Let me think", " about it."), "42", field=field))
+    chunks = await collect(make_model())
+    assert [c.text for c in chunks if isinstance(c, ReasoningDelta)] == ["Let me think", " about it."]
+    assert [c.text for c in chunks if isinstance(c, TextDelta)] == ["42"]
+
+
+async def test_tool_call_pieces_arrive_as_streamed(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.script(reply.tool_call("calculator", '{"expr', 'ession": "17', ' * 23"}', call_id="call_9"))
+    calls = [c for c in await collect(make_model()) if isinstance(c, ToolCallDelta)]
+    assert calls == [
+        ToolCallDelta(index=0, id="call_9", name="calculator", arguments=""),
+        ToolCallDelta(index=0, arguments='{"expr'),
+        ToolCallDelta(index=0, arguments='ession": "17'),
+        ToolCallDelta(index=0, arguments=' * 23"}'),
+    ]
+
+
+async def test_maps_messages_and_tools(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.script(reply.text("done"))
+    call = ToolCall(id="call_1", name="calculator", arguments='{"expression": "2+2"}')
+    spec = ToolSpec(name="calculator", description="Does arithmetic.",
+                    parameters={"type": "object", "properties": {"expression": {"type": "string"}}})
+    request = ModelRequest(
+        messages=(
+            ChatMessage(role="system", content="Be brief."),
+            ChatMessage(role="user", content="2+2?"),
+            ChatMessage(role="assistant", tool_calls=(call,)),
+            ChatMessage(role="tool", content='{"result": 4}', tool_call_id="call_1"),
+            ChatMessage(role="assistant", content="4"),
+        ),
+        tools=(spec,),
+    )
+    await collect(make_model(), request)
+    body = fake.received[0].body
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "calculator", "arguments": '{"expression": "2+2"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"result": 4}'},
+        {"role": "assistant", "content": "4"},
+    ]
+    assert body["tools"] == [{"type": "function", "function": {
+        "name": "calculator", "description": "Does arithmetic.",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]
+
+
+async def test_the_agent_loop_calls_the_calculator_and_sends_back_its_result(
+    fake: FakeOpenAI, make_model: MakeModel
+) -> None:
+    fake.script(reply.tool_call("calculator", '{"expression":', ' "17 * 23"}', call_id="call_calc"),
+                reply.text("17 * 23 ", "is 391."))
+    clock = FixedClock(NOW)
+    toolbox = ToolBox(builtin_tools(notes=InMemoryNoteRepository(), ids=SequentialIds(), clock=clock))
+    context = UserExecutionContext(user_id="u_alice", thread_id="t_1", run_id="r_1",
+                                   request_id="req_1", created_at=NOW)
+    events: list[AgentEvent] = []
+
+    async def publish(event: AgentEvent) -> AgentEvent:
+        events.append(event)
+        return event
+
+    state = RunState(conversation=[ChatMessage(role="user", content="What is 17 * 23?")])
+    answer = await run_agent(context=context, model=make_model(), toolbox=toolbox,
+                             emitter=RunEventEmitter(context, publish, clock), state=state, max_steps=4)
+
+    assert answer == "17 * 23 is 391."
+    [completed] = [e for e in events if e.type == EventType.TOOL_COMPLETED]
+    assert completed.data["tool"] == "calculator" and completed.data["result"]["value"] == 391
+    assert state.usage.prompt_tokens == 24 and state.usage.completion_tokens == 14
+    first, second = (received.body for received in fake.received)
+    assert "calculator" in {tool["function"]["name"] for tool in first["tools"]}
+    assistant, tool = second["messages"][-2:]
+    assert assistant["tool_calls"] == [{"id": "call_calc", "type": "function", "function": {
+        "name": "calculator", "arguments": '{"expression": "17 * 23"}'}}]
+    assert tool["role"] == "tool" and tool["tool_call_id"] == "call_calc"
+    assert json.loads(tool["content"])["result"]["value"] == 391
+
+
+async def test_retries_a_429_honouring_retry_after(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.script(reply.error(429, "Slow down", headers={"Retry-After": "0"}), reply.text("ok"))
+    # A long backoff proves Retry-After was used instead.
+    chunks = await asyncio.wait_for(collect(make_model(backoff_base_s=30.0)), timeout=5)
+    assert [c.text for c in chunks if isinstance(c, TextDelta)] == ["ok"]
+    assert len(fake.received) == 2
+
+
+async def test_429_every_time_is_rate_limited(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.always(reply.error(429, "Slow down", headers={"Retry-After": "0"}))
+    assert (await failure(make_model(max_retries=1))).code == "model_rate_limited"
+    assert len(fake.received) == 2
+
+
+async def test_500_every_time_is_unavailable_after_retries(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.always(reply.error(500, "The server had an error"))
+    error = await failure(make_model(max_retries=3))
+    assert error.code == "model_unavailable"
+    assert len(fake.received) == 4
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_refused_credentials_are_not_retried(
+    fake: FakeOpenAI, make_model: MakeModel, status: int
+) -> None:
+    fake.always(reply.error(status, f"Incorrect API key provided: {API_KEY}"))
+    error = await failure(make_model())
+    assert error.code == "model_unauthorized"
+    assert "GOLDENPATH_MODEL__API_KEY" in error.message
+    assert len(fake.received) == 1
+
+
+async def test_unknown_model_names_it(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.always(reply.error(404, "The model `gpt-9` does not exist"))
+    error = await failure(make_model(model="gpt-9"))
+    assert error.code == "model_not_found" and "gpt-9" in error.message
+    assert len(fake.received) == 1
+
+
+async def test_bad_request_shows_the_server_message(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.always(reply.error(400, f"This model's maximum context length is 8192 tokens ({API_KEY})"))
+    error = await failure(make_model())
+    assert error.code == "model_error"
+    assert "maximum context length is 8192 tokens" in error.message
+    assert len(fake.received) == 1
+
+
+async def test_a_server_that_hangs_times_out(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.always(reply.hang(5.0))
+    error = await asyncio.wait_for(failure(make_model(timeout_s=0.5)), timeout=3)
+    assert error.code == "model_timeout"
+
+
+async def test_nothing_listening_is_unavailable(make_model: MakeModel) -> None:
+    error = await failure(make_model(base_url="http://127.0.0.1:9/v1", max_retries=1))
+    assert error.code == "model_unavailable"
+
+
+@pytest.mark.parametrize("line", ["{this is not json", '{"id": "x", "object": "chat.completion.chunk"}',
+                                  '{"choices": [{"index": 0, "delta": {"content": 7}}]}'])
+async def test_malformed_stream_is_bad_output(fake: FakeOpenAI, make_model: MakeModel, line: str) -> None:
+    fake.always(reply.stream({"content": "never read"}, extra_lines=(line,)))
+    error = await failure(make_model())
+    assert error.code == "model_bad_output"
+    assert len(fake.received) == 1
+
+
+async def test_a_server_that_ignores_streaming_is_bad_output(
+    fake: FakeOpenAI, make_model: MakeModel
+) -> None:
+    async def whole_answer(request: web.Request, server: FakeOpenAI) -> web.StreamResponse:
+        return web.json_response({"id": "chatcmpl-1", "object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]})
+
+    fake.always(whole_answer)
+    assert (await failure(make_model())).code == "model_bad_output"
+
+
+async def test_an_error_after_text_streamed_is_not_retried(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.always(reply.text_then_drop("Half an ", "answer"))
+    received: list[ModelChunk] = []
+    with pytest.raises(ModelError) as caught:
+        async for chunk in make_model().stream(HELLO):
+            received.append(chunk)
+    assert caught.value.code == "model_unavailable"
+    assert [c.text for c in received if isinstance(c, TextDelta)] == ["Half an ", "answer"]
+    assert len(fake.received) == 1
+
+
+async def test_closing_early_closes_the_http_response(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.script(reply.endless("first words"))
+    async with aclosing(make_model().stream(HELLO)) as chunks:
+        async for chunk in chunks:
+            assert chunk == TextDelta("first words")
+            break
+    await asyncio.wait_for(fake.disconnected.wait(), timeout=2)
+
+
+async def test_cancellation_propagates(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.always(reply.hang(5.0))
+    task = asyncio.create_task(collect(make_model()))
+    while not fake.received:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(fake.received) == 1
