@@ -11,6 +11,7 @@ from dependency_injector import containers, providers
 from adapters.bridge import AgentWebSocketBridge
 from adapters.event_bus import InMemoryEventBus
 from adapters.models.builtin import BuiltinChatModel
+from adapters.models.openai_chat import OpenAIChatModel
 from adapters.persistence.audit_log import SqlAlchemyAuditLog
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import SqlAlchemyEventLog
@@ -21,6 +22,8 @@ from adapters.persistence.repositories import (
     SqlAlchemyThreadRepository,
     SqlAlchemyUserRepository,
 )
+from adapters.redis_bus import RedisEventBus
+from adapters.run_control import LocalRunControl, RedisRunControl
 from adapters.security.passwords import Argon2PasswordHasher
 from adapters.security.tokens import JwtTokenService
 from adapters.system import RandomIds, SystemClock
@@ -74,6 +77,28 @@ def _engine_limits(settings: Settings) -> EngineLimits:
 
 def _model_provider(settings: Settings) -> str:
     return settings.model.provider
+
+
+def _bus_backend(settings: Settings) -> str:
+    return settings.bus.backend
+
+
+def _redis_url(settings: Settings) -> str:
+    return settings.bus.redis_url.get_secret_value()
+
+
+async def _openai_model(settings: Settings) -> AsyncIterator[OpenAIChatModel]:
+    model = OpenAIChatModel(
+        base_url=settings.model.base_url,
+        api_key=settings.model.api_key.get_secret_value(),
+        model=settings.model.name,
+        timeout_s=settings.model.timeout_s,
+        max_retries=settings.model.max_retries,
+    )
+    try:
+        yield model
+    finally:
+        await model.aclose()
 
 
 def _builtin_delay_s(settings: Settings) -> float:
@@ -139,12 +164,24 @@ class Container(containers.DeclarativeContainer):
     )
 
     # -- the agent: model, tools, the one bridge, the one engine factory
-    event_bus = providers.Singleton(InMemoryEventBus)
+    event_bus = providers.Selector(
+        providers.Callable(_bus_backend, settings),
+        memory=providers.Singleton(InMemoryEventBus),
+        redis=providers.Singleton(RedisEventBus, url=providers.Callable(_redis_url, settings),
+                                  channel=settings.provided.bus.channel),
+    )
+    run_control = providers.Selector(
+        providers.Callable(_bus_backend, settings),
+        memory=providers.Singleton(LocalRunControl),
+        redis=providers.Singleton(RedisRunControl, url=providers.Callable(_redis_url, settings),
+                                  prefix=settings.provided.bus.channel, owner=process_id),
+    )
     chat_model = providers.Selector(
         providers.Callable(_model_provider, settings),
         builtin=providers.Singleton(
             BuiltinChatModel, delay_s=providers.Callable(_builtin_delay_s, settings)
         ),
+        openai=providers.Resource(_openai_model, settings),
     )
     toolbox = providers.Singleton(
         ToolBox,
@@ -184,6 +221,7 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         limits=providers.Callable(_chat_limits, settings),
         lease=lease,
+        control=run_control,
     )
     housekeeper = providers.Singleton(
         Housekeeper,

@@ -18,7 +18,15 @@ from domain.housekeeping import LeasePolicy
 from domain.lanes import Multitask, ThreadLane
 from domain.llm import ChatMessage
 from domain.model import AuditAction, AuditEntry, Message, Role, Run, RunStatus, Thread
-from domain.ports import AuditLog, Clock, IdGenerator, MessageRepository, RunRepository, ThreadRepository
+from domain.ports import (
+    AuditLog,
+    Clock,
+    IdGenerator,
+    MessageRepository,
+    RunControl,
+    RunRepository,
+    ThreadRepository,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,10 @@ class ChatService:
         clock: Clock,
         limits: ChatLimits,
         lease: LeasePolicy,
+        control: RunControl,
     ) -> None:
         self._lease = lease
+        self._control = control
         self._factory = factory
         self._threads = threads
         self._messages = messages
@@ -75,6 +85,7 @@ class ChatService:
         self._limits = limits
         self._lanes: dict[str, ThreadLane] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._task_runs: dict[str, Run] = {}
         self._pending: defaultdict[str, int] = defaultdict(int)
         self._cancel_requests: dict[str, str] = {}
         # (user, client_message_id) pairs being submitted now: a retry racing the original waits for it.
@@ -142,7 +153,11 @@ class ChatService:
         client_message_id: str | None,
         multitask: Multitask,
     ) -> Submission:
-        if self._pending[user_id] >= self._limits.max_pending_runs_per_user:
+        pending = self._pending[user_id]
+        if pending < self._limits.max_pending_runs_per_user:
+            # Other processes' runs count too: the database is what they share.
+            pending = max(pending, await self._runs.count_unfinished(user_id))
+        if pending >= self._limits.max_pending_runs_per_user:
             raise LimitExceeded(
                 f"You have {self._limits.max_pending_runs_per_user} runs going or queued; "
                 "wait for one to end or cancel one."
@@ -173,6 +188,7 @@ class ChatService:
             self._interrupt(user_id, lane)
         self._pending[user_id] += 1
         turn = lane.join(run.id)
+        self._task_runs[run.id] = run
         self._tasks[run.id] = asyncio.create_task(
             self._execute(run, request_id, lane, turn), name=f"run:{run.id}"
         )
@@ -222,6 +238,7 @@ class ChatService:
                 del self._pending[run.user_id]
             self._cancel_requests.pop(run.id, None)
             self._tasks.pop(run.id, None)
+            self._task_runs.pop(run.id, None)
 
     async def _drive(self, engine: UserExecutionEngine, run: Run) -> bool:
         """Run the engine, persist, send the terminal event; True once the run's end is counted."""
@@ -297,7 +314,17 @@ class ChatService:
             raise NotFound("There is no such run.")
         if run.id in self._tasks:
             self._request_cancel(user_id, run.id, reason, self._lanes.get(run.thread_id))
+        elif not run.status.is_final and run.owner and run.owner != self._lease.owner:
+            await self._control.request_cancel(run.owner, run.id, reason)
         return run
+
+    def cancel_local(self, run_id: str, reason: str) -> bool:
+        """A cancel that another process forwarded here, where the run runs."""
+        run = self._task_runs.get(run_id)
+        if run is None:
+            return False
+        self._request_cancel(run.user_id, run_id, reason, self._lanes.get(run.thread_id))
+        return True
 
     async def wait(self, user_id: str, run_id: str) -> Run:
         """Wait for a run to end (the caller going away does not stop it)."""

@@ -98,6 +98,10 @@ class RunRepository(Protocol):
         error: str | None = None,
     ) -> None: ...
 
+    async def count_unfinished(self, user_id: str) -> int:
+        """Runs of the user queued or running, on any process."""
+        ...
+
     async def renew_leases(self, owner: str, until: datetime) -> int:
         """Extend the lease of every unfinished run this owner holds; returns how many."""
         ...
@@ -108,6 +112,12 @@ class RunRepository(Protocol):
         Two processes sweeping at once never claim the same run twice.
         """
         ...
+
+
+class RunControl(Protocol):
+    """Reaches the process that runs a run: how a cancel sent to one process stops it on another."""
+
+    async def request_cancel(self, owner: str, run_id: str, reason: str) -> None: ...
 
 
 class NoteRepository(Protocol):

@@ -43,7 +43,9 @@ async def _boot(app: web.Application) -> None:
         conversations=await container.conversation_service(),
         factory=await container.engine_factory(),
         bridge=bridge,
+        control=container.run_control(),  # depends on no async resource: a plain object
     )
+    await app[LIFECYCLE].services.control.start(app[LIFECYCLE].services.chat.cancel_local)
     housekeeper = await container.housekeeper()
     await housekeeper.tick()  # fail what a crashed predecessor left running before taking new runs
     app[LIFECYCLE].housekeeping = asyncio.create_task(housekeeper.run_forever(), name="housekeeping")
@@ -68,6 +70,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     resolved = app[LIFECYCLE].services
     if resolved is not None:
         await resolved.factory.shutdown()
+        await resolved.control.stop()
         await resolved.bridge.stop()
     await app[CONTAINER].shutdown_resources()
 

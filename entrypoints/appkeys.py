@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from adapters.bridge import AgentWebSocketBridge
+from adapters.run_control import LocalRunControl, RedisRunControl
 from container import Container, Settings
 from domain.auth import AuthService
 from domain.chat import ChatService
@@ -30,6 +31,7 @@ class Services:
     conversations: ConversationService
     factory: ExecutionEngineFactory
     bridge: AgentWebSocketBridge
+    control: LocalRunControl | RedisRunControl
 
 
 @dataclass(slots=True)

@@ -144,6 +144,9 @@ class InMemoryRunRepository:
         self.runs[run_id] = replace(run, status=status, finished_at=finished_at or run.finished_at,
                                     error=error or run.error)
 
+    async def count_unfinished(self, user_id: str) -> int:
+        return sum(r.user_id == user_id and not r.status.is_final for r in self.runs.values())
+
     async def renew_leases(self, owner: str, until: datetime) -> int:
         mine = [r for r in self.runs.values() if r.owner == owner and not r.status.is_final]
         for run in mine:
@@ -246,3 +249,13 @@ def answer(text: str) -> list[ModelChunk]:
     """A model step that streams `text` word by word."""
     words = text.split(" ")
     return [TextDelta(w if i == 0 else " " + w) for i, w in enumerate(words)]
+
+
+class RecordingRunControl:
+    """Stands in for the channel to other processes: keeps the cancels it was asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str]] = []
+
+    async def request_cancel(self, owner: str, run_id: str, reason: str) -> None:
+        self.sent.append((owner, run_id, reason))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, delete, insert, literal, select, update
+from sqlalchemy import case, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -180,6 +180,12 @@ class SqlAlchemyRunRepository:
             values["error"] = error
         async with self._db.writing() as conn:
             await conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+
+    async def count_unfinished(self, user_id: str) -> int:
+        query = (select(func.count()).select_from(runs)
+                 .where(runs.c.user_id == user_id, runs.c.status.in_(_UNFINISHED)))
+        async with self._db.reading() as conn:
+            return (await conn.execute(query)).scalar() or 0
 
     async def renew_leases(self, owner: str, until: datetime) -> int:
         """Extends the lease of every unfinished run `owner` holds to `until`; returns how many."""

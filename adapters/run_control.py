@@ -1,0 +1,81 @@
+"""Run control: forwarding a cancel to the process that runs the run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+
+from loguru import logger
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+OnCancel = Callable[[str, str], bool]
+
+
+class LocalRunControl:
+    """One process: every live run is here, so there is nowhere to forward to."""
+
+    async def start(self, on_cancel: OnCancel) -> None:
+        return None
+
+    async def request_cancel(self, owner: str, run_id: str, reason: str) -> None:
+        logger.warning("run {} belongs to process {}, which is not this one and not reachable "
+                       "without the redis bus; it ends when its lease lapses", run_id, owner)
+
+    async def stop(self) -> None:
+        return None
+
+
+class RedisRunControl:
+    """Each process listens on its own channel; a cancel is published to the owner's."""
+
+    def __init__(self, url: str, prefix: str, owner: str) -> None:
+        self._redis = Redis.from_url(url, socket_keepalive=True, socket_connect_timeout=5)
+        self._prefix = prefix
+        self._owner = owner
+        self._task: asyncio.Task[None] | None = None
+
+    def _channel(self, owner: str) -> str:
+        return f"{self._prefix}:control:{owner}"
+
+    async def start(self, on_cancel: OnCancel) -> None:
+        subscribed = asyncio.Event()
+        self._task = asyncio.create_task(self._listen(on_cancel, subscribed), name="run-control")
+        async with asyncio.timeout(10):
+            await subscribed.wait()
+
+    async def request_cancel(self, owner: str, run_id: str, reason: str) -> None:
+        try:
+            await self._redis.publish(self._channel(owner),
+                                      json.dumps({"run_id": run_id, "reason": reason}))
+        except (RedisError, OSError) as exc:
+            logger.warning("could not forward the cancel of run {} ({})", run_id, type(exc).__name__)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self._redis.aclose()
+
+    async def _listen(self, on_cancel: OnCancel, subscribed: asyncio.Event) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel(self._owner))
+                    subscribed.set()
+                    async for message in pubsub.listen():
+                        if message["type"] != "message":
+                            continue
+                        try:
+                            order = json.loads(message["data"])
+                            on_cancel(str(order["run_id"]), str(order["reason"]))
+                        except (ValueError, KeyError, TypeError):
+                            logger.warning("ignored a malformed control message")
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                logger.warning("run control lost Redis ({}); retrying", type(exc).__name__)
+                await asyncio.sleep(1)
