@@ -19,8 +19,8 @@ from domain.errors import (
 )
 from domain.lanes import Multitask
 from domain.llm import ToolCallDelta
-from domain.model import Role, RunStatus
-from tests.fakes import RecordingSocket, ScriptedModel, answer
+from domain.model import Role, Run, RunStatus
+from tests.fakes import RecordingRunControl, RecordingSocket, ScriptedModel, answer
 from tests.unit.conftest import Fakes
 
 TERMINAL = {"agent_completed", "agent_error", "agent_cancelled"}
@@ -222,3 +222,21 @@ async def test_another_users_thread_is_not_found(fake_container: Container) -> N
         await send(chat, user="usr_b", thread_id=run.thread_id)
     with pytest.raises(NotFound):
         await chat.wait("usr_b", run.id)
+
+
+async def test_a_cancel_for_another_processs_run_is_forwarded_to_its_owner(fake_container: Container,
+                                                                          fakes: Fakes) -> None:
+    control = RecordingRunControl()
+    fake_container.run_control.override(providers.Object(control))
+    chat = await chat_of(fake_container, ScriptedModel(long_answer(), pause_s=0.02))
+    elsewhere = Run(id="run_remote", user_id="usr_a", thread_id="thr_x", status=RunStatus.RUNNING,
+                    created_at=fakes.clock.now(), owner="proc_other")
+    fakes.runs.runs[elsewhere.id] = elsewhere
+    await chat.cancel("usr_a", run_id="run_remote")
+    assert control.sent == [("proc_other", "run_remote", "user")]
+    # And the receiving side: a forwarded cancel stops a run that runs here.
+    here = await send(chat)
+    while "agent_message_delta" not in fakes.events.types(here.id):
+        await asyncio.sleep(0.01)
+    assert chat.cancel_local(here.id, "user") and not chat.cancel_local("run_unknown", "user")
+    assert (await chat.wait("usr_a", here.id)).status is RunStatus.CANCELLED
