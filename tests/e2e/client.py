@@ -94,3 +94,18 @@ async def run_events(ws: Any, run_id: str, timeout: float = 20) -> list[dict[str
         events.append(frame)
         if frame["type"] in TERMINAL:
             return events
+
+
+async def frames_until(ws: Any, done: Any, timeout: float = 20) -> list[dict[str, Any]]:
+    """Every frame up to and including the first that satisfies `done`, within `timeout` in all."""
+    frames = []
+    async with asyncio.timeout(timeout):
+        while True:
+            frames.append(await recv(ws, timeout))
+            if done(frames[-1]):
+                return frames
+
+
+async def until_type(ws: Any, kind: str, timeout: float = 10) -> list[dict[str, Any]]:
+    return await frames_until(ws, lambda frame: frame["type"] == kind, timeout)
+

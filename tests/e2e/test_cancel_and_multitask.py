@@ -10,7 +10,7 @@ from typing import Any
 
 from domain.context import UserExecutionContext
 from domain.tools.calculator import Calculator
-from tests.e2e.client import TERMINAL, Server, recv, register, run_events, until_ready
+from tests.e2e.client import TERMINAL, Server, recv, register, run_events, until_ready, until_type
 from tests.overrides import replace_calculator
 
 STORY = "tell me a story"
@@ -22,13 +22,6 @@ class SlowCalculator(Calculator):
     async def __call__(self, context: UserExecutionContext, arguments: Mapping[str, Any]) -> Any:
         await asyncio.sleep(3)
         return await super().__call__(context, arguments)
-
-
-async def until_type(ws, kind: str, timeout: float = 10) -> list[dict]:
-    frames = []
-    while not frames or frames[-1]["type"] != kind:
-        frames.append(await recv(ws, timeout))
-    return frames
 
 
 async def test_cancel_mid_tool_stops_within_a_second(make_server) -> None:

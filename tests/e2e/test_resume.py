@@ -8,19 +8,10 @@ import json
 import aiohttp
 
 from entrypoints.appkeys import services
-from tests.e2e.client import TERMINAL, Server, recv, register, until_ready
+from tests.e2e.client import TERMINAL, Server, frames_until, recv, register, until_ready
 
 SLOW = {"model": {"builtin_delay_ms": 30}}
 STORY = "tell me a story"  # the builtin model's long fallback answer: ~30 deltas
-
-
-async def read_until(ws, predicate, timeout: float = 20) -> list[dict]:
-    frames = []
-    while True:
-        frame = await recv(ws, timeout)
-        frames.append(frame)
-        if predicate(frame):
-            return frames
 
 
 def run_frames(frames: list[dict], run_id: str) -> list[dict]:
@@ -42,14 +33,14 @@ async def test_resume_by_cursor_mid_run_gets_the_rest_exactly_once(make_server) 
     async with user.connect() as ws:
         await until_ready(ws)
         await ws.send(json.dumps({"type": "chat", "message": STORY}))
-        seen = await read_until(ws, lambda f: f["type"] == "agent_message_delta")
+        seen = await frames_until(ws, lambda f: f["type"] == "agent_message_delta")
         run_id = seen[0]["run_id"]
     cursor = seen[-1]["cursor"]
     await asyncio.sleep(0.1)  # events go on while nobody listens
     async with user.connect() as ws:
         await until_ready(ws)
         await ws.send(json.dumps({"type": "resume", "cursor": cursor}))
-        rest = await read_until(ws, lambda f: f["type"] in TERMINAL)
+        rest = await frames_until(ws, lambda f: f["type"] in TERMINAL)
     got = run_frames(seen, run_id) + run_frames(rest, run_id)
     assert [f["seq"] for f in got] == list(range(1, len(got) + 1))
     assert got == await full_run(user, run_id)
@@ -61,7 +52,7 @@ async def test_resume_after_the_run_ended_and_by_run_and_seq(make_server) -> Non
     async with user.connect() as ws:
         await until_ready(ws)
         await ws.send(json.dumps({"type": "chat", "message": "What is 17 * 23?"}))
-        first = await read_until(ws, lambda f: f["type"] == "tool_executing")
+        first = await frames_until(ws, lambda f: f["type"] == "tool_executing")
         run_id = first[-1]["run_id"]
     for _ in range(100):
         if (await user.http("GET", f"/api/runs/{run_id}"))[1]["status"] == "completed":
@@ -71,10 +62,10 @@ async def test_resume_after_the_run_ended_and_by_run_and_seq(make_server) -> Non
     async with user.connect() as ws:
         await until_ready(ws)
         await ws.send(json.dumps({"type": "resume", "run_id": run_id, "after_seq": 3}))
-        rest = await read_until(ws, lambda f: f["type"] in TERMINAL)
+        rest = await frames_until(ws, lambda f: f["type"] in TERMINAL)
         assert rest == everything[3:]
         await ws.send(json.dumps({"type": "resume", "cursor": first[-1]["cursor"]}))
-        again = await read_until(ws, lambda f: f["type"] in TERMINAL)
+        again = await frames_until(ws, lambda f: f["type"] in TERMINAL)
         assert again == [e for e in everything if e["cursor"] > first[-1]["cursor"]]
         await ws.send(json.dumps({"type": "ping"}))
         assert await recv(ws) == {"type": "pong"}  # nothing else was queued: no duplicates
@@ -86,12 +77,12 @@ async def test_resume_during_a_live_run_by_run_then_live_without_duplicates(make
     async with user.connect() as first:
         await until_ready(first)
         await first.send(json.dumps({"type": "chat", "message": STORY}))
-        seen = await read_until(first, lambda f: f["type"] == "agent_message_delta")
+        seen = await frames_until(first, lambda f: f["type"] == "agent_message_delta")
         run_id = seen[-1]["run_id"]
         async with user.connect() as second:
             await until_ready(second)
             await second.send(json.dumps({"type": "resume", "run_id": run_id, "after_seq": 0}))
-            on_second = await read_until(second, lambda f: f["type"] in TERMINAL)
+            on_second = await frames_until(second, lambda f: f["type"] in TERMINAL)
     assert [f["seq"] for f in on_second] == list(range(1, len(on_second) + 1))
     assert on_second == await full_run(user, run_id)
 
@@ -103,8 +94,8 @@ async def test_resume_across_concurrent_runs_of_one_user(make_server) -> None:
         await until_ready(ws)
         for _ in range(3):
             await ws.send(json.dumps({"type": "chat", "message": STORY}))
-        acks = await read_until(ws, lambda f: f["type"] == "ack")
-        seen = acks + await read_until(ws, lambda f: f["type"] == "agent_message_delta")
+        acks = await frames_until(ws, lambda f: f["type"] == "ack")
+        seen = acks + await frames_until(ws, lambda f: f["type"] == "agent_message_delta")
         cursor = [f for f in seen if "cursor" in f][-1]["cursor"]
     async with user.connect() as ws:
         await until_ready(ws)
@@ -126,7 +117,7 @@ async def test_expired_and_bad_cursors(make_server) -> None:
     async with user.connect() as ws:
         await until_ready(ws)
         await ws.send(json.dumps({"type": "chat", "message": "hello"}))
-        frames = await read_until(ws, lambda f: f["type"] in TERMINAL)
+        frames = await frames_until(ws, lambda f: f["type"] in TERMINAL)
         event_log = await server.container.event_log()
         clock = server.container.clock()
         from datetime import timedelta
