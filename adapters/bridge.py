@@ -44,6 +44,7 @@ class AgentWebSocketBridge:
         self._started = False
         self._lost_at: dict[str, str | None] = {}
         self._last_cursor: str | None = None  # the newest event this process has seen
+        self._bus_down = False
         self.events_published = 0
         self.frames_delivered = 0
         self.frames_dropped = 0
@@ -64,6 +65,9 @@ class AgentWebSocketBridge:
 
     def register(self, subscriber: Subscriber) -> None:
         self._subscribers[subscriber.user_id][subscriber.connection_id] = subscriber
+        if self._bus_down and isinstance(subscriber, SocketConnection):
+            # Opened while the bus is away: catch it up too, from the newest event seen here.
+            self._lost_at.setdefault(subscriber.connection_id, self._last_cursor)
 
     def unregister(self, subscriber: Subscriber) -> None:
         mine = self._subscribers.get(subscriber.user_id)
@@ -102,12 +106,14 @@ class AgentWebSocketBridge:
 
     def bus_lost(self) -> None:
         """Remember where each socket stood: what other processes publish now will not arrive."""
+        self._bus_down = True
         for subscriber in self.connections():
             if isinstance(subscriber, SocketConnection) and subscriber.connection_id not in self._lost_at:
                 self._lost_at[subscriber.connection_id] = subscriber.high_cursor or self._last_cursor
 
     async def bus_restored(self) -> None:
         """Catch every socket up from the log, from where it stood when the bus went away."""
+        self._bus_down = False
         lost_at, self._lost_at = self._lost_at, {}
         for subscriber in self.connections():
             if not isinstance(subscriber, SocketConnection) or subscriber.connection_id not in lost_at:

@@ -12,14 +12,17 @@ from redis.exceptions import RedisError
 from adapters.event_bus import BusListener, Envelope, decode, encode
 
 FIRST_SUBSCRIBE_S = 10.0
-MAX_BACKOFF_S = 5.0
+MAX_BACKOFF_S = 1.0
 
 
 class RedisEventBus:
     """Every process publishes to one channel and delivers what it receives to its own sockets.
 
-    While Redis is away, this process still delivers its own events to its own sockets, and
-    tells the listener; when Redis is back, the listener catches its sockets up from the log.
+    While Redis is away, this process still delivers its own events to its own sockets, keeps
+    them, and tells the listener. When Redis is back it publishes the kept events again, in order
+    (other processes may have caught up from the log before these were stored: sockets drop
+    repeats by seq, so twice is harmless and never is not), and the listener catches its own
+    sockets up from the log.
     """
 
     def __init__(self, url: str, channel: str) -> None:
@@ -30,6 +33,8 @@ class RedisEventBus:
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._connected = False
+        self._unsent: list[Envelope] = []
+        self._retrying: asyncio.Task[None] | None = None
 
     async def start(self, listener: BusListener) -> None:
         self._listener = listener
@@ -43,16 +48,42 @@ class RedisEventBus:
                                "check GOLDENPATH_BUS__REDIS_URL") from None
 
     async def publish(self, envelope: Envelope) -> None:
-        try:
-            await self._redis.publish(self._channel, encode(envelope))
-        except (RedisError, OSError) as exc:
-            # Local sockets still get it now; other processes' sockets catch up when Redis returns.
-            logger.warning("could not publish to Redis ({}); delivering locally only", type(exc).__name__)
-            self._lost()
-            if self._listener is not None:
-                self._listener.deliver(envelope)
+        if not self._unsent and await self._try_publish(envelope):
+            return
+        # Local sockets get it now; other processes get it when Redis returns (_republish).
+        self._unsent.append(envelope)
+        if self._listener is not None:
+            self._listener.deliver(envelope)
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.create_task(self._retry_unsent(), name="redis-bus-republish")
+
+    async def _try_publish(self, envelope: Envelope) -> bool:
+        for _ in range(2):  # the first use of a connection Redis closed fails once, then reconnects
+            try:
+                await self._redis.publish(self._channel, encode(envelope))
+                return True
+            except (RedisError, OSError) as exc:
+                failure = type(exc).__name__
+        logger.warning("could not publish to Redis ({}); delivering locally for now", failure)
+        return False
+
+    async def _retry_unsent(self) -> None:
+        delay = 0.1
+        while self._unsent:
+            await self._republish()
+            if self._unsent:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _republish(self) -> None:
+        while self._unsent:
+            if not await self._try_publish(self._unsent[0]):
+                return
+            self._unsent.pop(0)
 
     async def stop(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -78,6 +109,7 @@ class RedisEventBus:
                     backoff = 0.1
                     if restored and self._listener is not None:
                         logger.info("Redis is back; catching sockets up")
+                        await self._republish()
                         await self._listener.bus_restored()
                     async for message in pubsub.listen():
                         if message["type"] == "message" and self._listener is not None:

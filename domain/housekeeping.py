@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -60,8 +61,13 @@ class Housekeeper:
                                              self._clock.now() + timedelta(seconds=self._lease.ttl_s))
 
     async def recover_orphans(self) -> list[Run]:
-        """Fail every run whose owner stopped renewing it, and tell its user through its events."""
-        orphans = list(await self._runs.claim_orphans(self._clock.now(), INTERRUPTED))
+        """Fail every run whose owner stopped renewing it, and tell its user through its events.
+
+        A lease must have lapsed for one more ttl: an owner that is only slow (a busy loop, a
+        slow database) renews in time, and only one that is gone loses its runs.
+        """
+        lapsed_before = self._clock.now() - timedelta(seconds=self._lease.ttl_s)
+        orphans = list(await self._runs.claim_orphans(lapsed_before, INTERRUPTED))
         for run in orphans:
             context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
                                            request_id="housekeeping", created_at=self._clock.now())
@@ -90,11 +96,20 @@ class Housekeeper:
         await self.prune_events()
 
     async def run_forever(self) -> None:
+        """Leases are renewed on their own beat, never late behind a slow sweep or prune."""
+        await asyncio.gather(self._every(self.renew_leases), self._every(self._sweep_and_prune))
+
+    async def _sweep_and_prune(self) -> None:
+        await self.recover_orphans()
+        await self._factory.sweep()
+        await self.prune_events()
+
+    async def _every(self, work: Callable[[], Awaitable[object]]) -> None:
         while True:
+            await asyncio.sleep(self._lease.interval_s)
             try:
-                await self.tick()
+                await work()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("housekeeping failed; trying again in %.1f s", self._lease.interval_s)
-            await asyncio.sleep(self._lease.interval_s)

@@ -141,6 +141,8 @@ class InMemoryRunRepository:
     async def set_status(self, run_id: str, status: RunStatus, *, finished_at: datetime | None = None,
                          error: str | None = None) -> None:
         run = self.runs[run_id]
+        if run.status.is_final:
+            return
         self.runs[run_id] = replace(run, status=status, finished_at=finished_at or run.finished_at,
                                     error=error or run.error)
 

@@ -172,14 +172,20 @@ class SqlAlchemyRunRepository:
         finished_at: datetime | None = None,
         error: str | None = None,
     ) -> None:
-        """Sets the status; `finished_at` and `error` change only when given."""
+        """Sets the status; `finished_at` and `error` change only when given.
+
+        A final status is never overwritten: a run that recovery already failed (its owner
+        stalled past its lease) stays failed whatever its owner writes afterwards.
+        """
         values: dict[str, Any] = {"status": status.value}
         if finished_at is not None:
             values["finished_at"] = finished_at
         if error is not None:
             values["error"] = error
         async with self._db.writing() as conn:
-            await conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+            await conn.execute(update(runs)
+                               .where(runs.c.id == run_id, runs.c.status.in_(_UNFINISHED))
+                               .values(**values))
 
     async def count_unfinished(self, user_id: str) -> int:
         query = (select(func.count()).select_from(runs)

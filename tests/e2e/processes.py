@@ -319,3 +319,97 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+# -- a private Redis ----------------------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    """A private `redis-server` (no persistence) on its own port: stop it, start it again, always reap it.
+
+    Never the machine's Redis: a test that stops this one disturbs nothing else.
+    """
+
+    tmp_path: Path
+    port: int = field(default_factory=free_port)
+    popen: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log(self) -> str:
+        path = self.tmp_path / f"redis-{self.port}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def start(self, timeout: float = 10) -> None:
+        """Spawn it (on the same port every time) and return once it answers PING."""
+        if self.alive:
+            raise RuntimeError(f"redis on port {self.port} is already running")
+        self.starts += 1
+        with (self.tmp_path / f"redis-{self.port}.log").open("ab") as log_file:
+            self.popen = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.tmp_path)],
+                cwd=self.tmp_path, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not await self._pong():
+            if not self.alive:
+                raise AssertionError(f"redis-server exited with {self.popen.returncode}:\n"
+                                     f"{self.log()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server did not answer on {self.port} within {timeout} s")
+            await asyncio.sleep(0.01)
+
+    async def _pong(self) -> bool:
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 1)
+        except (OSError, TimeoutError):
+            return False
+        try:
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            return (await asyncio.wait_for(reader.readline(), 1)).startswith(b"+PONG")
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def stop(self, timeout: float = 10) -> int:
+        """SIGTERM and wait for it to exit (its port is free again afterwards)."""
+        if self.popen is None:
+            raise RuntimeError("redis was never started")
+        if self.alive:
+            self.popen.terminate()
+        deadline = time.monotonic() + timeout
+        while (code := self.popen.poll()) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server (pid {self.popen.pid}) still running after {timeout} s")
+            await asyncio.sleep(0.01)
+        return code
+
+    def reap(self) -> None:
+        if self.popen is not None:
+            if self.popen.poll() is None:
+                self.popen.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A started private Redis, killed afterwards whatever happened."""
+    redis = RedisServer(tmp_path)
+    try:
+        await redis.start()
+        yield redis
+    finally:
+        redis.reap()

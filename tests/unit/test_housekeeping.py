@@ -32,8 +32,9 @@ def run(fakes: Fakes, run_id: str, *, owner: str, lease_in_s: float,
 async def test_orphans_of_a_dead_process_end_interrupted_with_the_next_seq(fake_container: Container,
                                                                            fakes: Fakes) -> None:
     housekeeper = await started(fake_container)
-    run(fakes, "run_dead", owner="proc_dead", lease_in_s=-1)
-    run(fakes, "run_queued", owner="proc_dead", lease_in_s=-1, status=RunStatus.QUEUED)
+    run(fakes, "run_dead", owner="proc_dead", lease_in_s=-31)
+    run(fakes, "run_queued", owner="proc_dead", lease_in_s=-31, status=RunStatus.QUEUED)
+    run(fakes, "run_late", owner="proc_slow", lease_in_s=-1)  # lapsed, within the grace
     run(fakes, "run_alive", owner="proc_other", lease_in_s=20)
     run(fakes, "run_done", owner="proc_dead", lease_in_s=-1, status=RunStatus.COMPLETED)
     emitter = fake_container.bridge().emitter_for(UserExecutionContext(
@@ -64,7 +65,9 @@ async def test_a_live_process_keeps_its_runs_by_renewing_leases(fake_container: 
     fakes.clock.advance(20)
     assert await housekeeper.renew_leases() == 1
     assert await housekeeper.recover_orphans() == []
-    fakes.clock.advance(31)  # renewal stopped: this is what a crash looks like
+    fakes.clock.advance(31)  # renewal stopped: lapsed, but an owner is given one more ttl
+    assert await housekeeper.recover_orphans() == []
+    fakes.clock.advance(30)  # still silent: this is what a crash looks like
     assert [r.id for r in await housekeeper.recover_orphans()] == ["run_mine"]
 
 
