@@ -358,11 +358,9 @@ class ChatService:
             if not task.done():
                 for lane in self._lanes.values():
                     lane.withdraw(run_id)
-                self._cancel_requests.setdefault(run_id, "shutdown")
-                engine = next((e for e in self._factory.active_engines()
-                               if e.context.run_id == run_id), None)
-                if engine is not None:
-                    engine.cancel("shutdown")
+                run = self._task_runs.get(run_id)
+                if run is not None:
+                    self._request_cancel(run.user_id, run_id, "shutdown", None)
         remaining = [t for t in self._tasks.values() if not t.done()]
         if remaining:
             await asyncio.wait(remaining, timeout=5)

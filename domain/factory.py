@@ -167,9 +167,6 @@ class ExecutionEngineFactory:
             return None
         return engine
 
-    def active_engines(self) -> list[UserExecutionEngine]:
-        return list(self._engines.values())
-
     async def reject_run(self, context: UserExecutionContext, error: LimitExceeded) -> None:
         """A run refused before it had an engine still gets its first and terminal events."""
         emitter = self._bridge.emitter_for(context)

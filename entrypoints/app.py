@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 from loguru import logger
 
+from adapters.websocket import SocketConnection
 from container import Container
 from container.lifecycle import start_resources
 from entrypoints.appkeys import CONTAINER, LIFECYCLE, SETTINGS, Lifecycle, Services
@@ -90,7 +91,8 @@ async def _drain(app: web.Application) -> None:
     if services is None:
         return
     await services.chat.drain(app[SETTINGS].server.shutdown_grace_s)
-    sockets = services.bridge.connections()
+    # Event streams (SSE) end by themselves with their run's terminal event; sockets are closed.
+    sockets = [c for c in services.bridge.connections() if isinstance(c, SocketConnection)]
     await asyncio.gather(*(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in sockets),
                          return_exceptions=True)
 

@@ -6,6 +6,8 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
+import websockets
 
 from entrypoints.appkeys import services
 from tests.e2e.client import TERMINAL, Server, frames_until, recv, register, until_ready
@@ -159,3 +161,45 @@ async def test_sse_streams_a_live_run_and_honours_last_event_id(make_server) -> 
             assert response.status == 404
         async with session.get(url, headers={**user.auth, "Last-Event-ID": "x"}) as response:
             assert response.status == 400
+
+
+async def test_a_shutdown_ends_an_open_event_stream_cleanly(tmp_path) -> None:
+    from dependency_injector import providers
+
+    from container import Container
+    from tests.conftest import make_settings, start_server
+
+    container = Container()
+    container.settings.override(providers.Object(make_settings(
+        tmp_path, model={"builtin_delay_ms": 50}, server={"shutdown_grace_s": 0.2})))
+    server, runner = await start_server(container)
+    user = await register(server)
+    status, accepted = await user.http("POST", "/api/chat/message", json={"message": STORY})
+    assert status == 202
+    async with aiohttp.ClientSession() as session, session.get(
+            server.base_url + f"/api/runs/{accepted['run_id']}/events", headers=user.auth) as response:
+        await response.content.readline()
+        await runner.cleanup()
+        text = (await response.content.read()).decode()
+    assert "event: agent_cancelled" in text and '"reason":"shutdown"' in text
+
+
+async def test_shutdown_closes_sockets_and_leaves_other_subscribers_alone(tmp_path) -> None:
+    from dependency_injector import providers
+
+    from container import Container
+    from tests.conftest import make_settings, start_server
+    from tests.fakes import RecordingSocket
+
+    container = Container()
+    container.settings.override(providers.Object(make_settings(tmp_path)))
+    server, runner = await start_server(container)
+    user = await register(server)
+    stream = RecordingSocket(user.user_id, "sse_still_open")  # an event stream: no close()
+    services(server.app).bridge.register(stream)
+    async with user.connect() as ws:
+        await until_ready(ws)
+        await runner.cleanup()
+        with pytest.raises(websockets.ConnectionClosed):
+            await recv(ws)
+        assert ws.close_code == 1001
