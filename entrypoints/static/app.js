@@ -1302,6 +1302,12 @@ ui.errorDismiss.addEventListener("click", () => {
   ui.input.focus();
 });
 ui.reconnectNow.addEventListener("click", retryNow);
+// The hash names the open chat: following the skip link must move focus, not leave the chat.
+document.querySelector(".skip-link").addEventListener("click", (event) => {
+  event.preventDefault();
+  if (document.body.classList.contains("sidebar-open")) closeSidebar(false);
+  ui.input.focus();
+});
 ui.suggestions.addEventListener("click", (event) => {
   const button = event.target.closest("button.suggestion");
   if (button) submitMessage(button.textContent);
