@@ -13,6 +13,7 @@ from loguru import logger
 from adapters.websocket import SocketConnection
 from container import Container
 from container.lifecycle import start_resources
+from entrypoints.agui import agui_run
 from entrypoints.appkeys import CONTAINER, LIFECYCLE, SETTINGS, Lifecycle, Services
 from entrypoints.http.handlers import routes
 from entrypoints.metrics import install_metrics
@@ -109,6 +110,7 @@ def create_app(container: Container) -> web.Application:
     app.add_routes(routes)
     app.router.add_get("/ws", websocket)
     app.router.add_get("/api/runs/{run_id}/events", run_events)
+    app.router.add_post("/api/agui", agui_run)
     app.router.add_get("/", _index)
     app.router.add_static("/static", STATIC)
     app.cleanup_ctx.append(_lifecycle)
