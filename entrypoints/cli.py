@@ -18,6 +18,7 @@ from container import Container
 from container.lifecycle import start_resources
 from container.logging import configure_logging
 from domain.errors import DomainError
+from entrypoints import chat_client
 
 T = TypeVar("T")
 
@@ -153,6 +154,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None, help="only this user id")
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=audit)
+
+    p = commands.add_parser("chat", help="chat with a server from the terminal")
+    chat_client.add_arguments(p)
+    p.set_defaults(func=chat_client.run)
     return parser
 
 
