@@ -139,6 +139,10 @@ class SocketConnection:
                            self.connection_id, self._queue.maxsize)
             self._begin_close(CLOSE_TOO_SLOW, "too slow: reconnect and resume")
 
+    def close_soon(self, code: int, message: str) -> None:
+        """Close from outside the socket's own task (a timer, another request)."""
+        self._begin_close(code, message)
+
     def _begin_close(self, code: int, message: str) -> None:
         self._closing = True
         asyncio.get_running_loop().create_task(self._close_now(code, message))

@@ -70,6 +70,15 @@ class RunsSettings(BaseModel):
     event_retention_days: float = Field(7.0, gt=0)
 
 
+class SecuritySettings(BaseModel):
+    allowed_origins: list[str] = Field(default_factory=list, description="extra browser origins "
+                                       "allowed to open /ws besides the server's own")
+    trusted_proxies: list[str] = Field(default_factory=list, description="addresses or CIDRs whose "
+                                       "X-Forwarded-For is believed")
+    max_sockets_per_user: int = Field(8, ge=1)
+    messages_per_minute: int = Field(30, ge=1)
+
+
 class LogSettings(BaseModel):
     level: str = "INFO"
     json_lines: bool | None = Field(None, description="default: JSON in production only")
@@ -88,6 +97,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     runs: RunsSettings = RunsSettings()
     bus: BusSettings = BusSettings()
+    security: SecuritySettings = SecuritySettings()
     log: LogSettings = LogSettings()
 
     @model_validator(mode="after")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from domain.errors import Unauthorized, ValidationFailed
 from domain.model import AuditAction, AuditEntry, User
@@ -19,6 +20,12 @@ from domain.ports import (
 
 _USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{2,31}$")
 _BAD_CREDENTIALS = "Wrong username or password."
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSession:
+    user: User
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +101,31 @@ class AuthService:
             raise Unauthorized(_BAD_CREDENTIALS)
         if not await self._hasher.verify(user.password_hash, password):
             raise Unauthorized(_BAD_CREDENTIALS)
-        return self._tokens.issue(user.id)
+        return self._tokens.issue(user.id, user.token_version)
 
     async def authenticate(self, token: object) -> User:
-        """The user a bearer token belongs to; Unauthorized for any bad, expired or orphaned token."""
+        """The user a bearer token belongs to; Unauthorized for a bad, expired or revoked token."""
+        return (await self.session(token)).user
+
+    async def session(self, token: object) -> AuthSession:
         if not isinstance(token, str) or not token:
             raise Unauthorized("A bearer token is required.")
-        user_id = self._tokens.verify(token)
-        user = await self._users.get(user_id)
+        claims = self._tokens.verify(token)
+        user = await self._users.get(claims.user_id)
         if user is None:
             raise Unauthorized("The token's user no longer exists.")
-        return user
+        if claims.version != user.token_version:
+            raise Unauthorized("The token was revoked (logout or password change); log in again.")
+        return AuthSession(user=user, expires_at=claims.expires_at)
+
+    async def logout(self, user: User) -> None:
+        """Revokes every token of the user, on every device."""
+        await self._users.bump_token_version(user.id)
+
+    async def change_password(self, user: User, current: object, new: object) -> IssuedToken:
+        """Checks the current password, stores the new one, revokes earlier tokens, issues a fresh one."""
+        if not isinstance(current, str) or not await self._hasher.verify(user.password_hash, current):
+            raise Unauthorized(_BAD_CREDENTIALS)
+        _, secret = self._check_new_credentials(user.username, new)
+        version = await self._users.set_password(user.id, await self._hasher.hash(secret))
+        return self._tokens.issue(user.id, version)

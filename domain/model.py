@@ -30,6 +30,7 @@ class User:
     username: str
     password_hash: str
     created_at: datetime
+    token_version: int = 0  # bumped by logout and password change: earlier tokens stop working
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,14 @@ class UserRepository(Protocol):
 
     async def list(self) -> Sequence[User]: ...
 
+    async def bump_token_version(self, user_id: str) -> int:
+        """Revoke every token issued so far; returns the new version."""
+        ...
+
+    async def set_password(self, user_id: str, password_hash: str) -> int:
+        """Store a new hash and revoke every earlier token; returns the new token version."""
+        ...
+
 
 class ThreadRepository(Protocol):
     async def add(self, thread: Thread) -> None: ...
@@ -148,9 +156,16 @@ class IssuedToken:
     expires_in: int
 
 
-class TokenService(Protocol):
-    def issue(self, user_id: str) -> IssuedToken: ...
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user_id: str
+    version: int  # the user's token version when it was issued; logout and password change bump it
+    expires_at: datetime
 
-    def verify(self, token: str) -> str:
-        """Return the token's user id, or raise Unauthorized."""
+
+class TokenService(Protocol):
+    def issue(self, user_id: str, version: int) -> IssuedToken: ...
+
+    def verify(self, token: str) -> TokenClaims:
+        """The token's claims, or Unauthorized for a forged, malformed or expired token."""
         ...

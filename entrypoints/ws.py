@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from datetime import UTC, datetime
 
 from aiohttp import WSMsgType, web
 from loguru import logger
@@ -17,6 +18,7 @@ from entrypoints.ws_frames import FrameDispatcher
 
 CLOSE_TRY_AGAIN = 1013
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_POLICY = 1008
 # A new socket's live events wait this long at most for a first frame (usually a resume).
 FIRST_FRAME_PATIENCE_S = 0.5
 
@@ -48,6 +50,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await ws.close(code=CLOSE_TRY_AGAIN, message=b"server not ready: try again shortly")
         return ws
     found = services(request.app)
+    security = request.app[SETTINGS].security
+    if not origin_allowed(request, security.allowed_origins):
+        await ws.close(code=CLOSE_POLICY, message=b"this origin may not open a socket here")
+        return ws
 
     header = request.headers.get("Authorization", "")
     scheme, _, header_token = header.partition(" ")
@@ -55,9 +61,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if token is None:
         token = await _token_from_first_frame(ws, settings.ws_auth_timeout_s)
     try:
-        user = await found.auth.authenticate(token)
+        session = await found.auth.session(token)
     except Unauthorized as exc:
         await ws.close(code=CLOSE_UNAUTHORIZED, message=exc.message.encode()[:120])
+        return ws
+    user = session.user
+    if len(found.bridge.connections_of(user.id)) >= security.max_sockets_per_user:
+        await ws.send_json({"type": "error", "code": "limit_exceeded",
+                            "message": f"You have {security.max_sockets_per_user} sockets open; "
+                                       "close one (another tab or device) first."})
+        await ws.close(code=CLOSE_TRY_AGAIN, message=b"too many sockets for this user")
         return ws
 
     connection = SocketConnection(ws, user_id=user.id, connection_id=f"conn_{secrets.token_hex(8)}",
@@ -67,6 +80,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                           "connection_id": connection.connection_id})
     connection.hold_until_first_frame(FIRST_FRAME_PATIENCE_S)
     found.bridge.register(connection)
+    expiry = _close_when_expired(connection, session.expires_at)
     dispatcher = FrameDispatcher(chat=found.chat, conversations=found.conversations,
                                  connection=connection,
                                  request_id=request_id_of(request))
@@ -84,6 +98,23 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         except Exception:
             logger.exception("socket {} failed", connection.connection_id)
         finally:
+            expiry.cancel()
             found.bridge.unregister(connection)
             await connection.close()
     return ws
+
+
+def _close_when_expired(connection: SocketConnection, expires_at: datetime) -> asyncio.TimerHandle:
+    """A socket lives no longer than the token that opened it."""
+    delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
+    return asyncio.get_running_loop().call_later(
+        delay, connection.close_soon, CLOSE_UNAUTHORIZED, "token expired: log in again")
+
+
+def origin_allowed(request: web.Request, allowed: list[str]) -> bool:
+    """Programs send no Origin; a browser page may open a socket only from this server or the list."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    own = f"{request.scheme}://{request.host}"
+    return origin == own or origin in allowed

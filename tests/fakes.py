@@ -80,6 +80,16 @@ class InMemoryUserRepository:
     async def list(self) -> Sequence[User]:
         return list(self.users.values())
 
+    async def bump_token_version(self, user_id: str) -> int:
+        user = self.users[user_id]
+        self.users[user_id] = replace(user, token_version=user.token_version + 1)
+        return user.token_version + 1
+
+    async def set_password(self, user_id: str, password_hash: str) -> int:
+        version = await self.bump_token_version(user_id)
+        self.users[user_id] = replace(self.users[user_id], password_hash=password_hash)
+        return version
+
 
 class InMemoryThreadRepository:
     def __init__(self) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
 from domain.errors import Unauthorized
-from domain.ports import Clock, IssuedToken
+from domain.ports import Clock, IssuedToken, TokenClaims
 
 _ALGORITHM = "HS256"
 
@@ -21,26 +21,27 @@ class JwtTokenService:
         self._clock = clock
         self._issuer = issuer
 
-    def issue(self, user_id: str) -> IssuedToken:
+    def issue(self, user_id: str, version: int) -> IssuedToken:
         now = self._clock.now()
-        claims = {"sub": user_id, "iat": now, "exp": now + timedelta(seconds=self._ttl_s),
-                  "iss": self._issuer}
+        claims = {"sub": user_id, "ver": version, "iat": now,
+                  "exp": now + timedelta(seconds=self._ttl_s), "iss": self._issuer}
         return IssuedToken(jwt.encode(claims, self._secret, algorithm=_ALGORITHM), self._ttl_s)
 
-    def verify(self, token: str) -> str:
+    def verify(self, token: str) -> TokenClaims:
         try:
             claims = jwt.decode(
                 token,
                 self._secret,
                 algorithms=[_ALGORITHM],
                 issuer=self._issuer,
-                options={"require": ["exp", "iat", "sub", "iss"]},
+                options={"require": ["exp", "iat", "sub", "iss", "ver"]},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("The token has expired; log in again.") from None
         except jwt.PyJWTError:
             raise Unauthorized("The token is not valid; log in again.") from None
-        subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject:
+        subject, version = claims.get("sub"), claims.get("ver")
+        if not isinstance(subject, str) or not subject or type(version) is not int:
             raise Unauthorized("The token is not valid; log in again.")
-        return subject
+        return TokenClaims(user_id=subject, version=version,
+                           expires_at=datetime.fromtimestamp(claims["exp"], UTC))
