@@ -13,6 +13,7 @@ The sink this module adds also redacts its final text, which covers formatted ex
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -102,16 +103,34 @@ class InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
+_installed: list[int] = []
+
+
 def configure_logging(settings: LogSettings, *, production: bool, stream: TextIO | None = None) -> None:
     """JSON lines (loguru serialize) in production or with log.json_lines; readable lines otherwise.
 
     Written to `stream` (standard error by default); stdlib logging is routed here too.
     """
     json_lines = production if settings.json_lines is None else settings.json_lines
-    logger.remove()
+    reset_logging()
+    with contextlib.suppress(ValueError):
+        logger.remove(0)  # loguru's own default sink; sinks others added (a test run's) stay
     logger.configure(patcher=patch_record)
-    logger.add(_RedactingStream(stream or sys.stderr), level=settings.level.upper(), serialize=json_lines,
-               format=_readable, colorize=False if json_lines else None, backtrace=False, diagnose=False)
+    _installed.append(logger.add(
+        _RedactingStream(stream or sys.stderr), level=settings.level.upper(), serialize=json_lines,
+        format=_readable, colorize=False if json_lines else None, backtrace=False, diagnose=False))
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     for noisy in ("aiohttp.access", "aiosqlite", "sqlalchemy.engine", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def reset_logging() -> None:
+    """Undo configure_logging: its sink, its patcher and the stdlib intercept; nothing else."""
+    while _installed:
+        with contextlib.suppress(ValueError):
+            logger.remove(_installed.pop())
+    logger.configure(patcher=lambda record: None)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, InterceptHandler)]:
+        root.removeHandler(handler)
+

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import base64
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from dependency_injector import providers
+from loguru import logger
 
 from container import Container, Settings
 from entrypoints.app import create_app, wait_ready
-from tests.e2e.client import Server
+from tests.e2e.client import PASSWORD, Server
 
 
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
@@ -77,3 +81,31 @@ async def make_server(tmp_path: Path):
     yield start
     for runner in reversed(runners):
         await runner.cleanup()
+
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def whole_run_log() -> Iterator[None]:
+    """Every log line of the whole test run goes to a file; it must hold no password and no token."""
+    path = Path(__file__).resolve().parents[1] / "test-artifacts" / "test-run.log"
+    path.parent.mkdir(exist_ok=True)
+    handler = logger.add(path, level="INFO", mode="w", format="{time} {level} {name} {message} {extra}",
+                         backtrace=False, diagnose=False)
+    yield
+    logger.remove(handler)
+    text = path.read_text(errors="replace")
+    assert PASSWORD not in text, f"a test user's password is in the logs ({path})"
+    issued = [token for token in _JWT.findall(text) if _issued_here(token)]
+    assert not issued, f"an access token the server issued is in the logs ({path})"
+
+
+def _issued_here(token: str) -> bool:
+    """Tests log fake JWTs on purpose (to check redaction); a real one names this server as issuer."""
+    payload = token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except ValueError:
+        return False
+    return isinstance(claims, dict) and claims.get("iss") == "goldenpath"

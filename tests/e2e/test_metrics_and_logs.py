@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from container import Container
-from container.logging import InterceptHandler, configure_logging
+from container.logging import configure_logging, reset_logging
 from container.settings import LogSettings
 from entrypoints.app import create_app
 from entrypoints.appkeys import services
@@ -146,11 +146,8 @@ def logging_to(out: io.StringIO, settings: LogSettings, *, production: bool) -> 
     try:
         yield
     finally:
-        logger.remove()
-        logger.add(sys.stderr)  # loguru's default
-        logger.configure(patcher=lambda record: None)
-        for handler in [h for h in root.handlers if isinstance(h, InterceptHandler)]:
-            root.removeHandler(handler)
+        reset_logging()
+        logger.add(sys.stderr)  # loguru's default, as configure_logging found it
         root.setLevel(level)
         for name, saved in noisy.items():
             logging.getLogger(name).setLevel(saved)
