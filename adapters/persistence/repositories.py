@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import delete_thread_events
 from adapters.persistence.tables import messages, notes, runs, threads, users
-from domain.errors import Conflict
+from domain.errors import Conflict, NotFound
 from domain.model import Message, Note, Role, Run, RunStatus, Thread, User
 
 _UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
@@ -45,12 +45,14 @@ class SqlAlchemyUserRepository:
         self._db = db
 
     async def add(self, user: User) -> None:
+        values: dict[str, Any] = {"id": user.id, "username": user.username,
+                                  "password_hash": user.password_hash, "created_at": user.created_at}
+        if user.token_version:
+            # A new user is at 0, the column's server default; only another value is written.
+            values["token_version"] = user.token_version
         try:
             async with self._db.writing() as conn:
-                await conn.execute(insert(users).values(
-                    id=user.id, username=user.username, password_hash=user.password_hash,
-                    created_at=user.created_at,
-                ))
+                await conn.execute(insert(users).values(**values))
         except IntegrityError as exc:
             raise Conflict("That username is taken.") from exc
 
@@ -64,6 +66,32 @@ class SqlAlchemyUserRepository:
         async with self._db.reading() as conn:
             rows = await conn.execute(select(users).order_by(users.c.created_at, users.c.id))
             return [User(**row._mapping) for row in rows]
+
+    async def bump_token_version(self, user_id: str) -> int:
+        """Revokes every token issued so far; returns the new version (NotFound: no such user)."""
+        return await self._bump(user_id)
+
+    async def set_password(self, user_id: str, password_hash: str) -> int:
+        """Stores the new hash and bumps the version in one statement; returns the new version."""
+        return await self._bump(user_id, password_hash=password_hash)
+
+    async def _bump(self, user_id: str, **values: Any) -> int:
+        """One atomic increment: two bumps at once (two devices logging out) give two versions."""
+        statement = (update(users).where(users.c.id == user_id)
+                     .values(token_version=users.c.token_version + 1, **values))
+        async with self._db.writing() as conn:
+            if conn.dialect.name == "postgresql":
+                version = (await conn.execute(statement.returning(users.c.token_version))).scalar()
+            elif (await conn.execute(statement)).rowcount == 1:
+                # SQLite: the write lock (BEGIN IMMEDIATE) is held until commit, so the version
+                # read here is the one this UPDATE wrote.
+                version = (await conn.execute(
+                    select(users.c.token_version).where(users.c.id == user_id))).scalar()
+            else:
+                version = None
+        if version is None:
+            raise NotFound("That user no longer exists.")
+        return int(version)
 
     async def _one(self, where: Any) -> User | None:
         async with self._db.reading() as conn:

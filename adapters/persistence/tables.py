@@ -55,6 +55,8 @@ users = Table(
     Column("username", String(NAME), nullable=False),
     Column("password_hash", String(NAME), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    # Bumped by logout and password change: a token carrying an older version is refused (0003).
+    Column("token_version", Integer(), nullable=False, server_default="0"),
     UniqueConstraint("username", name="uq_users_username"),
 )
 
