@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -27,6 +27,7 @@ from domain.ports import (
     RunRepository,
     ThreadRepository,
 )
+from domain.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,9 @@ class ChatService:
         limits: ChatLimits,
         lease: LeasePolicy,
         control: RunControl,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
+        self._rate_limiter = rate_limiter  # messages per minute per user; None: no limit
         self._lease = lease
         self._control = control
         self._factory = factory
@@ -122,6 +125,7 @@ class ChatService:
         if not self._accepting:
             raise ServerDraining("The server is shutting down; reconnect and send again.")
         if client_message_id is None:
+            self._check_rate(user_id)
             return await self._submit_new(user_id, message, request_id, thread_id, None, multitask)
         key = (user_id, client_message_id)
         if key in self._submitting:
@@ -129,6 +133,8 @@ class ChatService:
         existing = await self._runs.get_by_client_message_id(user_id, client_message_id)
         if existing is not None:
             return Submission(existing, duplicate=True)
+        # Only now, once it is known not to be a retry: a duplicate never counts against the rate.
+        self._check_rate(user_id)
         future: asyncio.Future[Submission] = asyncio.get_running_loop().create_future()
         self._submitting[key] = future
         try:
@@ -143,6 +149,11 @@ class ChatService:
             raise
         finally:
             del self._submitting[key]
+
+    def _check_rate(self, user_id: str) -> None:
+        """RateLimited (saying when to send again) if the user sent too many messages this minute."""
+        if self._rate_limiter is not None:
+            self._rate_limiter.acquire(user_id)
 
     async def _submit_new(
         self,
@@ -250,10 +261,7 @@ class ChatService:
         self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_STARTED,
                                       at=self._clock.now(), run_id=run.id))
         log.info("run %s started", run.id)
-        history = [
-            ChatMessage(role="user" if m.role is Role.USER else "assistant", content=m.text)
-            for m in await self._messages.list_for_thread(run.user_id, run.thread_id)
-        ]
+        history = self._history(run, await self._messages.list_for_thread(run.user_id, run.thread_id))
         outcome = await engine.run(history)
         if outcome.cancel_reason == "timeout":
             self._factory.note_timeout()
@@ -270,6 +278,18 @@ class ChatService:
         """Count the run's outcome (exported as runs by outcome) and log its end."""
         self._outcomes[status.value] = self._outcomes.get(status.value, 0) + 1
         log.info("run %s ended %s%s", run.id, status.value, f" ({detail})" if detail else "")
+
+    def _history(self, run: Run, messages: Sequence[Message]) -> list[ChatMessage]:
+        """The thread as this run should see it: earlier turns, then its own message last.
+
+        Messages of runs still queued or going are left out (a queued run's message was stored
+        before the answer to the one ahead of it, and must not come before that answer).
+        """
+        own = [m for m in messages if m.run_id == run.id and m.role is Role.USER]
+        earlier = [m for m in messages if m.run_id != run.id
+                   and not (m.role is Role.USER and m.run_id in self._tasks)]
+        return [ChatMessage(role="user" if m.role is Role.USER else "assistant", content=m.text)
+                for m in [*earlier, *own]]
 
     async def _persist(self, run: Run, outcome: RunOutcome) -> str | None:
         """Store the answer and the run's end before the terminal event, so HTTP agrees with it."""

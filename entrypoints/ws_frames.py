@@ -129,7 +129,7 @@ class FrameDispatcher:
             raise FrameError("invalid_message", "A resume frame needs 'cursor', or 'run_id' and 'after_seq'.")
         run_id = _optional_id(frame, "run_id")
         after_seq = frame.get("after_seq", 0)
-        if not isinstance(after_seq, int) or isinstance(after_seq, bool) or after_seq < 0:
+        if not isinstance(after_seq, int) or isinstance(after_seq, bool) or not 0 <= after_seq < 2**31:
             raise FrameError("invalid_message", "'after_seq' must be a whole number, 0 or more.")
         self._connection.hold_live_events()
         try:

@@ -38,7 +38,8 @@ def encode_cursor(event_id: int) -> str:
 
 
 def decode_cursor(cursor: str) -> int:
-    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= CURSOR_DIGITS):
+    # Databases store 64-bit integers: a longer number is no cursor of ours (and would overflow).
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= CURSOR_DIGITS) or int(cursor) >= 2**63:
         raise InvalidMessage("That is not a cursor this server gave out.")
     return int(cursor)
 

@@ -240,3 +240,15 @@ async def test_a_cancel_for_another_processs_run_is_forwarded_to_its_owner(fake_
         await asyncio.sleep(0.01)
     assert chat.cancel_local(here.id, "user") and not chat.cancel_local("run_unknown", "user")
     assert (await chat.wait("usr_a", here.id)).status is RunStatus.CANCELLED
+
+
+async def test_a_queued_run_sees_the_turn_before_it_answered_and_its_own_message_last(
+        fake_container: Container, fakes: Fakes) -> None:
+    model = ScriptedModel(answer("first answer"), answer("second answer"), pause_s=0.01)
+    chat = await chat_of(fake_container, model)
+    first = await send(chat, "first question")
+    second = await send(chat, "second question", thread_id=first.thread_id)
+    await chat.wait("usr_a", second.id)
+    seen = [(m.role, m.content) for m in model.requests[-1].messages if m.role != "system"]
+    assert seen == [("user", "first question"), ("assistant", "first answer"),
+                    ("user", "second question")]
