@@ -33,6 +33,7 @@ from domain.chat import ChatLimits, ChatService
 from domain.conversations import ConversationService
 from domain.factory import EngineLimits, ExecutionEngineFactory
 from domain.housekeeping import Housekeeper, LeasePolicy
+from domain.ratelimit import RateLimiter
 from domain.tools import ToolBox
 from domain.tools import builtin_tools as make_builtin_tools
 
@@ -200,6 +201,9 @@ class Container(containers.DeclarativeContainer):
     )
 
     # -- use cases
+    message_rate_limiter = providers.Singleton(
+        RateLimiter, per_minute=settings.provided.security.messages_per_minute, clock=clock
+    )
     auth_service = providers.Singleton(
         AuthService,
         users=users,
@@ -222,6 +226,7 @@ class Container(containers.DeclarativeContainer):
         limits=providers.Callable(_chat_limits, settings),
         lease=lease,
         control=run_control,
+        rate_limiter=message_rate_limiter,
     )
     housekeeper = providers.Singleton(
         Housekeeper,

@@ -43,6 +43,14 @@ class ThreadBusy(DomainError):
     code = "thread_busy"
 
 
+class RateLimited(DomainError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s  # when to send again, if known (HTTP: Retry-After)
+
+
 class CursorExpired(DomainError):
     """A resume cursor older than what the event log still keeps."""
 
