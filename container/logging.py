@@ -83,7 +83,7 @@ class _RedactingStream:
 
 _READABLE = ("<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> | <level>{level: <8}</level> | "
              "<cyan>{name}</cyan>:<cyan>{function}</cyan>:<cyan>{line}</cyan> - <level>{message}</level>")
-_CONTEXT_KEYS = ("request_id", "user_id", "connection_id", "run_id")
+_CONTEXT_KEYS = ("request_id", "user_id", "connection_id", "run_id", "client_ip")
 
 
 def _readable(record: Record) -> str:

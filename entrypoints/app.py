@@ -17,7 +17,8 @@ from entrypoints.agui import agui_run
 from entrypoints.appkeys import CONTAINER, LIFECYCLE, SETTINGS, Lifecycle, Services
 from entrypoints.http.handlers import routes
 from entrypoints.metrics import install_metrics
-from entrypoints.middlewares import authentication, errors, request_ids
+from entrypoints.middlewares import authentication, errors, request_ids, security_headers
+from entrypoints.openapi import openapi
 from entrypoints.sse import run_events
 from entrypoints.ws import websocket
 
@@ -111,9 +112,11 @@ def create_app(container: Container) -> web.Application:
     app.router.add_get("/ws", websocket)
     app.router.add_get("/api/runs/{run_id}/events", run_events)
     app.router.add_post("/api/agui", agui_run)
+    app.router.add_get("/api/openapi.json", openapi)  # public, generated from the models
     app.router.add_get("/", _index)
     app.router.add_static("/static", STATIC)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_response_prepare.append(security_headers)  # CSP and friends on every response
     install_metrics(app)  # GET /metrics (no auth: internal scraping) and the event-loop lag probe
     app.on_shutdown.append(_drain)
     return app

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
 from adapters.bridge import envelope_of
 from adapters.event_bus import Envelope
-from entrypoints.appkeys import SETTINGS, USER, services
+from entrypoints.appkeys import SETTINGS, USER, Services, services
 from entrypoints.errors import ApiError
 
 KEEPALIVE_S = 15.0
@@ -61,25 +63,39 @@ async def run_events(request: web.Request) -> web.StreamResponse:
                                                "Cache-Control": "no-cache",
                                                "X-Accel-Buffering": "no"})
         await response.prepare(request)
-        last = after
-        for envelope in map(envelope_of, stored):
-            await response.write(_sse(envelope))
-            last = envelope.seq
-            if envelope.terminal:
-                return response
-        while not stream.overflowed:
-            try:
-                async with asyncio.timeout(KEEPALIVE_S):
-                    envelope = await stream.queue.get()
-            except TimeoutError:
-                await response.write(b": keepalive\n\n")
-                continue
-            if envelope.seq <= last:
-                continue
-            await response.write(_sse(envelope))
-            last = envelope.seq
-            if envelope.terminal:
-                break
+        # A client that goes away ends its stream; the run goes on without it.
+        with contextlib.suppress(ConnectionResetError):
+            await _follow(response, stream, map(envelope_of, stored), after,
+                          ended=lambda: _has_ended(found, user_id, run_id))
         return response
     finally:
         found.bridge.unregister(stream)
+
+
+async def _has_ended(found: Services, user_id: str, run_id: str) -> bool:
+    return any(e.type.is_terminal for e in await found.conversations.run_events(user_id, run_id))
+
+
+async def _follow(response: web.StreamResponse, stream: RunEventStream, stored: Iterable[Envelope],
+                  after: int, ended: Callable[[], Awaitable[bool]]) -> None:
+    """Stored events after `after`, then live ones, until the terminal event."""
+    last = after
+    for envelope in stored:
+        await response.write(_sse(envelope))
+        last = envelope.seq
+        if envelope.terminal:
+            return
+    if after and await ended():
+        return  # the client had everything already, the terminal event included
+    while not stream.overflowed:
+        try:
+            async with asyncio.timeout(KEEPALIVE_S):
+                envelope = await stream.queue.get()
+        except TimeoutError:
+            await response.write(b": keepalive\n\n")
+            continue
+        if envelope.seq > last:
+            await response.write(_sse(envelope))
+            last = envelope.seq
+        if envelope.terminal:
+            return

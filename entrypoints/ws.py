@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from datetime import UTC, datetime
 
 from aiohttp import WSMsgType, web
@@ -21,6 +22,24 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_POLICY = 1008
 # A new socket's live events wait this long at most for a first frame (usually a resume).
 FIRST_FRAME_PATIENCE_S = 0.5
+# Frames one socket may send: a burst of this many, then this many a second. Faster, the server reads
+# the socket more slowly (TCP pushes back on the sender): a flood costs the server next to nothing.
+FRAME_BURST = 100
+FRAMES_PER_S = 50.0
+
+
+class _FrameThrottle:
+    """A token bucket per socket: how long to wait before reading its next frame."""
+
+    def __init__(self) -> None:
+        self._tokens = float(FRAME_BURST)
+        self._at = time.monotonic()
+
+    def delay(self) -> float:
+        now = time.monotonic()
+        self._tokens = min(float(FRAME_BURST), self._tokens + (now - self._at) * FRAMES_PER_S) - 1
+        self._at = now
+        return max(0.0, -self._tokens / FRAMES_PER_S)
 
 
 async def _token_from_first_frame(ws: web.WebSocketResponse, timeout_s: float) -> str | None:
@@ -84,6 +103,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     dispatcher = FrameDispatcher(chat=found.chat, conversations=found.conversations,
                                  connection=connection,
                                  request_id=request_id_of(request))
+    throttle = _FrameThrottle()
     with logger.contextualize(user_id=user.id, connection_id=connection.connection_id):
         try:
             async for msg in ws:
@@ -93,6 +113,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     connection.send_json({"type": "error", "code": "invalid_message",
                                           "message": "Send frames as JSON text, not binary."})
                 connection.first_frame_handled()
+                # Always yields: frames a socket already buffered never hold the event loop in one go.
+                await asyncio.sleep(throttle.delay())
         except asyncio.CancelledError:
             raise
         except Exception:

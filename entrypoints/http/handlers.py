@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from adapters.websocket import SocketConnection
 from domain.events import EventType
 from domain.ports import IssuedToken
 from entrypoints.appkeys import LIFECYCLE, USER, Services, services
 from entrypoints.http.bodies import read_body
-from entrypoints.http.schemas import ChatMessageBody, Credentials
+from entrypoints.http.schemas import ChatMessageBody, Credentials, PasswordChangeBody
 from entrypoints.http.views import message_view, run_view, thread_view
 from entrypoints.middlewares import request_id_of
 
 routes = web.RouteTableDef()
 
 CLOSE_UNAUTHORIZED = 4401  # as entrypoints.ws: the socket's token no longer holds
-
-
-class PasswordChangeBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    current_password: StrictStr = Field(max_length=1024)
-    new_password: StrictStr = Field(max_length=1024)
 
 
 def _user_id(request: web.Request) -> str:

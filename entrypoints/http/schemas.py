@@ -1,10 +1,30 @@
-"""Request bodies of the HTTP API (responses are plain JSON built by the handlers)."""
+"""The HTTP API's bodies as pydantic models: the requests handlers read, the responses the OpenAPI shows."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from datetime import datetime
+from typing import Any, Literal
 
+from ag_ui.core import Event as AguiEvent
+from pydantic import BaseModel, ConfigDict, Field, Json, StrictBool, StrictStr
+from pydantic.json_schema import SkipJsonSchema
+
+from domain.events import EventType
 from domain.lanes import Multitask
+from domain.model import Role, RunStatus
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _absent_or(description: str) -> Any:
+    """A field the server leaves out rather than sending null (the schema says only its type)."""
+    return Field(None, description=description, json_schema_extra=_no_default)
+
+# -- requests -----------------------------------------------------------------------------------------
 
 
 class Credentials(BaseModel):
@@ -12,6 +32,19 @@ class Credentials(BaseModel):
 
     username: StrictStr = Field(max_length=64)
     password: StrictStr = Field(max_length=1024)
+
+
+class Registration(Credentials):
+    """What registration takes; the handler reads Credentials and the domain enforces these rules (422)."""
+
+    username: StrictStr = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{2,31}$",
+        description="3 to 32 letters, digits, '.', '_' or '-', starting with a letter or digit.",
+    )
+    password: StrictStr = Field(
+        min_length=8, max_length=256,
+        description="8 to 256 characters, not too easy to guess (not the username, 3 distinct characters).",
+    )
 
 
 class ChatMessageBody(BaseModel):
@@ -22,3 +55,130 @@ class ChatMessageBody(BaseModel):
     client_message_id: StrictStr | None = Field(None, min_length=1, max_length=128)
     multitask: Multitask = Multitask.ENQUEUE
     wait: StrictBool = False
+
+
+class PasswordChangeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: StrictStr = Field(max_length=1024)
+    new_password: StrictStr = Field(max_length=1024, description="The same rules as at registration.")
+
+
+# -- responses ----------------------------------------------------------------------------------------
+
+
+class _Reply(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UserView(_Reply):
+    user_id: str
+    username: str
+
+
+class TokenView(_Reply):
+    access_token: str
+    token_type: Literal["bearer"]
+    expires_in: int = Field(description="Seconds until the token expires.")
+
+
+class ChatAccepted(_Reply):
+    run_id: str
+    thread_id: str
+
+
+class EventFrame(_Reply):
+    """One agent event, as on the WebSocket; `data` depends on `type` (docs/protocol.md)."""
+
+    type: EventType
+    run_id: str
+    thread_id: str
+    seq: int = Field(ge=1)
+    cursor: str
+    ts: datetime
+    data: dict[str, Any]
+
+
+class RunEventMessage(_Reply):
+    """One Server-Sent Event of GET /api/runs/{run_id}/events (the stream also carries comments)."""
+
+    id: str = Field(pattern=r"^[0-9]+$", description="The event's seq, for Last-Event-ID.")
+    event: EventType
+    data: Json[EventFrame]
+
+
+class AguiEventMessage(_Reply):
+    """One Server-Sent Event of POST /api/agui: an AG-UI event, camelCase, in `data`."""
+
+    event: Literal["message"] | SkipJsonSchema[None] = _absent_or("Not sent: every event is a 'message'.")
+    data: Json[AguiEvent]
+
+
+class ChatResult(_Reply):
+    run_id: str
+    thread_id: str
+    status: RunStatus
+    answer: str | None = Field(description="The final answer; null when the run did not complete.")
+    events: list[EventFrame]
+
+
+class RunView(_Reply):
+    run_id: str
+    thread_id: str
+    status: RunStatus
+    created_at: datetime
+    finished_at: datetime | SkipJsonSchema[None] = _absent_or("Absent until the run ends.")
+    error: str | SkipJsonSchema[None] = _absent_or("Present when the run failed.")
+
+
+class RunCancel(_Reply):
+    run_id: str
+    status: RunStatus
+
+
+class ThreadView(_Reply):
+    thread_id: str
+    title: str
+    updated_at: datetime
+
+
+class ThreadList(_Reply):
+    threads: list[ThreadView]
+
+
+class MessageView(_Reply):
+    message_id: str
+    role: Role
+    text: str
+    run_id: str | SkipJsonSchema[None] = _absent_or("The run that wrote or answered it.")
+    created_at: datetime
+
+
+class MessageList(_Reply):
+    messages: list[MessageView]
+
+
+class Health(_Reply):
+    status: Literal["ok"]
+
+
+class Readiness(_Reply):
+    status: Literal["ready", "starting", "draining"]
+
+
+class ErrorDetail(_Reply):
+    code: str
+    message: str = Field(description="A sentence a person can act on.")
+
+
+class ErrorBody(_Reply):
+    error: ErrorDetail
+
+
+class OpenApiDocument(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    openapi: str
+    info: dict[str, Any]
+    paths: dict[str, Any]
+    components: dict[str, Any]

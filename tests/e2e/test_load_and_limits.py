@@ -39,7 +39,8 @@ async def settle(server: Server) -> None:
 @pytest.mark.slow
 async def test_a_thousand_connect_chat_drop_cycles_leave_nothing_behind(make_server) -> None:
     server: Server = await make_server(limits={"max_pending_runs_per_user": 64,
-                                               "max_engines_per_user": 64})
+                                               "max_engines_per_user": 64},
+                                       security={"messages_per_minute": 10_000})
     user = await register(server)
 
     async def cycle() -> None:
@@ -77,6 +78,7 @@ async def test_a_client_that_never_reads_is_closed_with_4408_and_memory_stays_fl
     server: Server = await make_server(
         server={"ws_send_queue": 32},
         limits={"max_pending_runs_per_user": 500, "max_engines_per_user": 100},
+        security={"messages_per_minute": 10_000},
     )
     user = await register(server)
     # A tiny receive window and a client library that stops reading after one message.
