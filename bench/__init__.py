@@ -1,0 +1,1 @@
+"""Benchmarks of goldenpath: `make bench` (python -m bench). Not part of `make test`."""
