@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from dependency_injector import containers, providers
 
@@ -37,6 +38,8 @@ from domain.ratelimit import RateLimiter
 from domain.tools import ToolBox
 from domain.tools import builtin_tools as make_builtin_tools
 
+BatchWriter = TypeVar("BatchWriter", SqlAlchemyEventLog, SqlAlchemyAuditLog)
+
 
 async def _database(settings: Settings) -> AsyncIterator[Database]:
     """The engine connects lazily; migrations run at boot (entrypoints.app) or by `goldenpath migrate`."""
@@ -47,22 +50,16 @@ async def _database(settings: Settings) -> AsyncIterator[Database]:
         await database.dispose()
 
 
-async def _event_log(database: Database) -> AsyncIterator[SqlAlchemyEventLog]:
-    log = SqlAlchemyEventLog(database)
-    await log.start()
+async def _started(
+    writer: Callable[[Database], BatchWriter], database: Database
+) -> AsyncIterator[BatchWriter]:
+    """A batch writer on the database (event log, audit log): started with the app, flushed at stop."""
+    started = writer(database)
+    await started.start()
     try:
-        yield log
+        yield started
     finally:
-        await log.stop()
-
-
-async def _audit_log(database: Database) -> AsyncIterator[SqlAlchemyAuditLog]:
-    log = SqlAlchemyAuditLog(database)
-    await log.start()
-    try:
-        yield log
-    finally:
-        await log.stop()
+        await started.stop()
 
 
 def _engine_limits(settings: Settings) -> EngineLimits:
@@ -140,8 +137,8 @@ class Container(containers.DeclarativeContainer):
 
     # -- resources, started and stopped with the app
     database = providers.Resource(_database, settings=settings)
-    event_log = providers.Resource(_event_log, database=database)
-    audit_log = providers.Resource(_audit_log, database=database)
+    event_log = providers.Resource(_started, SqlAlchemyEventLog, database=database)
+    audit_log = providers.Resource(_started, SqlAlchemyAuditLog, database=database)
 
     # -- repositories
     users = providers.Singleton(SqlAlchemyUserRepository, database)
