@@ -255,8 +255,7 @@ async def poll(url: str, token: str, until: float) -> list[tuple[int, Any]]:
 
 
 async def test_connect_storm_during_startup_gets_1013_then_ready(procs: ProcessHarness) -> None:
-    if not await postgres_available():
-        pytest.skip(f"needs PostgreSQL on {POSTGRES_HOST}:{POSTGRES_PORT}")
+    assert await postgres_available(), f"PostgreSQL is not answering on {POSTGRES_HOST}:{POSTGRES_PORT}"
     # On a migrated database the boot lasts some tens of milliseconds: too short a window to
     # hit reliably. PostgreSQL behind a relay that holds connections for the first second is a
     # database slow to answer at start-up, and makes the window one second long every time.
@@ -308,8 +307,7 @@ async def test_connect_storm_during_startup_gets_1013_then_ready(procs: ProcessH
 
 
 async def test_sigterm_while_booting_exits_cleanly(procs: ProcessHarness) -> None:
-    if not await postgres_available():
-        pytest.skip(f"needs PostgreSQL on {POSTGRES_HOST}:{POSTGRES_PORT}")
+    assert await postgres_available(), f"PostgreSQL is not answering on {POSTGRES_HOST}:{POSTGRES_PORT}"
     async with fresh_postgres_database() as name:
         proxy = GatedProxy(POSTGRES_HOST, POSTGRES_PORT)
         try:

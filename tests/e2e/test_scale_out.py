@@ -29,7 +29,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.e2e.client import TERMINAL, User, register, until_ready
@@ -66,10 +65,9 @@ class Cluster:
 
 @contextlib.asynccontextmanager
 async def cluster(procs: ProcessHarness, tmp_path: Path, **settings: Any) -> AsyncIterator[Cluster]:
-    if not await postgres_available():
-        pytest.skip(f"needs PostgreSQL on {POSTGRES_HOST}:{POSTGRES_PORT}")
-    if shutil.which("redis-server") is None:
-        pytest.skip("needs redis-server on the PATH")
+    # A missing service fails the run (CI starts them); a skip would hide it.
+    assert await postgres_available(), f"PostgreSQL is not answering on {POSTGRES_HOST}:{POSTGRES_PORT}"
+    assert shutil.which("redis-server"), "redis-server is not on the PATH"
     async with fresh_postgres_database() as name, private_redis(tmp_path) as redis:
         env = procs.env(f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}",
                         BUS__BACKEND="redis", BUS__REDIS_URL=redis.url,
