@@ -29,7 +29,7 @@ def envelope_of(event: AgentEvent) -> Envelope:
     if event.cursor is None:
         raise ValueError("only stored events (with a cursor) are delivered")
     return Envelope(user_id=event.user_id, run_id=event.run_id, seq=event.seq, cursor=event.cursor,
-                    terminal=event.type.is_terminal,
+                    type=event.type.value, terminal=event.type.is_terminal,
                     frame=json.dumps(event.to_wire(), separators=(",", ":"), default=str))
 
 

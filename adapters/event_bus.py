@@ -15,6 +15,7 @@ class Envelope:
     run_id: str
     seq: int
     cursor: str
+    type: str
     terminal: bool
     frame: str
 

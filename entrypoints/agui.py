@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -44,7 +43,6 @@ from ag_ui.encoder import EventEncoder
 from aiohttp import web
 from loguru import logger
 
-from adapters.event_bus import Envelope
 from domain.chat import Submission
 from domain.errors import NotFound
 from domain.model import Run, RunStatus
@@ -52,6 +50,7 @@ from entrypoints.appkeys import SETTINGS, USER, Services, services
 from entrypoints.errors import ApiError
 from entrypoints.http.bodies import read_body
 from entrypoints.middlewares import request_id_of
+from entrypoints.run_stream import RunEventStream
 
 KEEPALIVE_S = 15.0
 MAX_ID_CHARS = 128
@@ -97,34 +96,6 @@ async def _submit(found: Services, request: web.Request, body: RunAgentInput, te
 
 
 # -- following one run on the bridge -----------------------------------------------------------------
-
-
-class _AguiStream:
-    """A bridge subscriber registered before the run exists: it keeps the user's events until it
-    learns the run's id, then only that run's, in a bounded queue (on overflow the log fills in)."""
-
-    def __init__(self, user_id: str, max_queue: int) -> None:
-        self.user_id = user_id
-        self.connection_id = f"agui_{secrets.token_hex(8)}"
-        self.run_id: str | None = None
-        self.queue: asyncio.Queue[Envelope] = asyncio.Queue(max_queue)
-        self.overflowed = False
-
-    def deliver(self, envelope: Envelope) -> bool:
-        if self.run_id is not None and envelope.run_id != self.run_id:
-            return True
-        try:
-            self.queue.put_nowait(envelope)
-        except asyncio.QueueFull:
-            self.overflowed = True
-            return False
-        return True
-
-    def restart(self) -> None:
-        """After an overflow: drop what is queued; the caller reads the log from where it stood."""
-        self.overflowed = False
-        while not self.queue.empty():
-            self.queue.get_nowait()
 
 
 # -- goldenpath events to AG-UI events ---------------------------------------------------------------
@@ -352,7 +323,7 @@ class AguiTranslator:
 class _Pump:
     """Writes one run's events to the response: the log first, then live, filling gaps from the log."""
 
-    def __init__(self, found: Services, user_id: str, run_id: str, stream: _AguiStream,
+    def __init__(self, found: Services, user_id: str, run_id: str, stream: RunEventStream,
                  translator: AguiTranslator, response: web.StreamResponse) -> None:
         self._found = found
         self._user_id = user_id
@@ -421,7 +392,7 @@ async def agui_run(request: web.Request) -> web.StreamResponse:
     text = _user_text(body)
     found = services(request.app)
     user_id = request[USER].id
-    stream = _AguiStream(user_id, request.app[SETTINGS].server.ws_send_queue)
+    stream = RunEventStream(user_id, request.app[SETTINGS].server.ws_send_queue, prefix="agui")
     found.bridge.register(stream)  # before submitting: the run's first event cannot slip past
     try:
         run = (await _submit(found, request, body, text)).run

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import secrets
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
@@ -14,29 +12,9 @@ from adapters.bridge import envelope_of
 from adapters.event_bus import Envelope
 from entrypoints.appkeys import SETTINGS, USER, Services, services
 from entrypoints.errors import ApiError
+from entrypoints.run_stream import RunEventStream
 
 KEEPALIVE_S = 15.0
-
-
-class RunEventStream:
-    """A bridge subscriber that keeps only one run's events, in a bounded queue."""
-
-    def __init__(self, user_id: str, run_id: str, max_queue: int) -> None:
-        self.user_id = user_id
-        self.connection_id = f"sse_{secrets.token_hex(8)}"
-        self.run_id = run_id
-        self.queue: asyncio.Queue[Envelope] = asyncio.Queue(max_queue)
-        self.overflowed = False
-
-    def deliver(self, envelope: Envelope) -> bool:
-        if envelope.run_id != self.run_id:
-            return True
-        try:
-            self.queue.put_nowait(envelope)
-        except asyncio.QueueFull:
-            self.overflowed = True
-            return False
-        return True
 
 
 def _last_event_id(request: web.Request) -> int:
@@ -47,15 +25,15 @@ def _last_event_id(request: web.Request) -> int:
 
 
 def _sse(envelope: Envelope) -> bytes:
-    kind = json.loads(envelope.frame)["type"]
-    return f"id: {envelope.seq}\nevent: {kind}\ndata: {envelope.frame}\n\n".encode()
+    return f"id: {envelope.seq}\nevent: {envelope.type}\ndata: {envelope.frame}\n\n".encode()
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
     found = services(request.app)
     user_id, run_id = request[USER].id, request.match_info["run_id"]
     after = _last_event_id(request)
-    stream = RunEventStream(user_id, run_id, request.app[SETTINGS].server.ws_send_queue)
+    stream = RunEventStream(user_id, request.app[SETTINGS].server.ws_send_queue, run_id=run_id,
+                            prefix="sse")
     found.bridge.register(stream)  # before reading the log, so nothing falls between the two
     try:
         stored = await found.conversations.run_events(user_id, run_id, after)

@@ -303,9 +303,9 @@ async def test_another_users_thread_id_starts_a_new_thread(server: Server) -> No
 async def test_live_events_the_stream_missed_are_read_from_the_log(make_server, monkeypatch, loss) -> None:
     """A live event lost (a gap in seq, a full queue, the terminal itself): the log fills in.
     The terminal gone from the log too (pruned): the stream ends from the run's final status."""
-    deliver = agui._AguiStream.deliver
+    deliver = agui.RunEventStream.deliver
 
-    def lossy(self: agui._AguiStream, envelope: Envelope) -> bool:
+    def lossy(self: agui.RunEventStream, envelope: Envelope) -> bool:
         if self.run_id is None:
             return deliver(self, envelope)
         if loss in {"terminal", "pruned"}:
@@ -318,7 +318,7 @@ async def test_live_events_the_stream_missed_are_read_from_the_log(make_server, 
             self.overflowed = True
         return False
 
-    monkeypatch.setattr(agui._AguiStream, "deliver", lossy)
+    monkeypatch.setattr(agui.RunEventStream, "deliver", lossy)
     monkeypatch.setattr(agui, "KEEPALIVE_S", 0.2)  # a lost terminal is looked for at each idle tick
     words = " ".join(f"w{i}" for i in range(60))
     server: Server = await make_server(replace_model(ScriptedModel(answer(words), pause_s=0.01)))
