@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
 import pytest
+from alembic.config import Config
 
-from adapters.persistence.database import Database
+from adapters.persistence.database import Database, alembic_config
 
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
 PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
@@ -47,3 +48,15 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 async def db(database: Database) -> Database:
     await database.migrate()
     return database
+
+
+async def migrate_to(db: Database, step: Callable[[Config, str], None], revision: str) -> None:
+    """Run one Alembic command (upgrade or downgrade) to `revision` on the test database."""
+
+    def run(connection: object) -> None:
+        config = alembic_config(db.url)
+        config.attributes["connection"] = connection
+        step(config, revision)
+
+    async with db.writing() as conn:
+        await conn.run_sync(run)

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
-from adapters.persistence.database import Database, alembic_config
+from adapters.persistence.database import Database
 from adapters.persistence.event_log import SqlAlchemyEventLog
 from adapters.persistence.repositories import SqlAlchemyRunRepository, SqlAlchemyThreadRepository
 from adapters.persistence.tables import event_log_state, metadata, runs
 from domain.errors import CursorExpired, InvalidMessage
 from domain.events import AgentEvent, EventType
 from domain.model import Run, RunStatus
+from tests.integration.conftest import migrate_to
 from tests.integration.test_persistence import T0, add_thread, add_user, at
 
 NOW = at(60)
@@ -280,14 +279,6 @@ async def test_deleting_a_thread_deletes_its_events(db: Database) -> None:
         await restarted.stop()
 
 
-async def migrate_to(db: Database, step: Callable[[Config, str], None], revision: str) -> None:
-    def run(connection: object) -> None:
-        config = alembic_config(db.url)
-        config.attributes["connection"] = connection
-        step(config, revision)
-
-    async with db.writing() as conn:
-        await conn.run_sync(run)
 
 
 async def schema(db: Database) -> dict[str, Any]:

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from adapters.persistence.database import Database, alembic_config
+from adapters.persistence.database import Database
 from adapters.persistence.repositories import SqlAlchemyUserRepository
 from adapters.persistence.tables import metadata
 from domain.errors import NotFound
 from domain.model import User
+from tests.integration.conftest import migrate_to
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -29,14 +28,6 @@ async def add_user(db: Database, user_id: str, password_hash: str = "h0") -> Use
     return user
 
 
-async def migrate_to(db: Database, step: Callable[[Config, str], None], revision: str) -> None:
-    def run(connection: object) -> None:
-        config = alembic_config(db.url)
-        config.attributes["connection"] = connection
-        step(config, revision)
-
-    async with db.writing() as conn:
-        await conn.run_sync(run)
 
 
 async def user_columns(db: Database) -> list[str]:
