@@ -162,17 +162,18 @@ class Container(containers.DeclarativeContainer):
     )
 
     # -- the agent: model, tools, the one bridge, the one engine factory
+    bus_backend = providers.Callable(_bus_backend, settings)
+    redis_url = providers.Callable(_redis_url, settings)
     event_bus = providers.Selector(
-        providers.Callable(_bus_backend, settings),
+        bus_backend,
         memory=providers.Singleton(InMemoryEventBus),
-        redis=providers.Singleton(RedisEventBus, url=providers.Callable(_redis_url, settings),
-                                  channel=settings.provided.bus.channel),
+        redis=providers.Singleton(RedisEventBus, url=redis_url, channel=settings.provided.bus.channel),
     )
     run_control = providers.Selector(
-        providers.Callable(_bus_backend, settings),
+        bus_backend,
         memory=providers.Singleton(LocalRunControl),
-        redis=providers.Singleton(RedisRunControl, url=providers.Callable(_redis_url, settings),
-                                  prefix=settings.provided.bus.channel, owner=process_id),
+        redis=providers.Singleton(RedisRunControl, url=redis_url, prefix=settings.provided.bus.channel,
+                                  owner=process_id),
     )
     chat_model = providers.Selector(
         providers.Callable(_model_provider, settings),
