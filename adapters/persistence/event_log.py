@@ -11,9 +11,8 @@ from loguru import logger
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.persistence.database import Database
+from adapters.persistence.database import Database, SqlConnection
 from adapters.persistence.tables import event_log_state, events
 from domain.errors import CursorExpired, InvalidMessage
 from domain.events import AgentEvent, EventType
@@ -44,7 +43,7 @@ def decode_cursor(cursor: str) -> int:
     return int(cursor)
 
 
-async def raise_state(conn: AsyncConnection, name: str, value: int) -> None:
+async def raise_state(conn: SqlConnection, name: str, value: int) -> None:
     """Sets the counter `name` to `value` unless it is higher already, in `conn`'s transaction."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     statement = dialect.insert(event_log_state).values(name=name, value=value)
@@ -55,13 +54,13 @@ async def raise_state(conn: AsyncConnection, name: str, value: int) -> None:
     ))
 
 
-async def read_state(conn: AsyncConnection, *names: str) -> int:
+async def read_state(conn: SqlConnection, *names: str) -> int:
     """The highest of those counters, 0 when none is set."""
     query = select(func.max(event_log_state.c.value)).where(event_log_state.c.name.in_(names))
     return (await conn.execute(query)).scalar() or 0
 
 
-async def delete_thread_events(conn: AsyncConnection, user_id: str, thread_id: str) -> int:
+async def delete_thread_events(conn: SqlConnection, user_id: str, thread_id: str) -> int:
     """Deletes a thread's events in `conn`'s transaction; their ids are never given out again."""
     mine = (events.c.thread_id == thread_id, events.c.user_id == user_id)
     top = (await conn.execute(select(func.max(events.c.id)).where(*mine))).scalar()

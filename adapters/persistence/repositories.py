@@ -9,9 +9,8 @@ from typing import Any
 
 from sqlalchemy import case, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from adapters.persistence.database import Database
+from adapters.persistence.database import Database, SqlConnection
 from adapters.persistence.event_log import delete_thread_events
 from adapters.persistence.tables import messages, notes, runs, threads, users
 from domain.errors import Conflict, NotFound
@@ -250,7 +249,7 @@ class SqlAlchemyRunRepository:
 
     @staticmethod
     async def _claim_skipping_locked(
-        conn: AsyncConnection, candidates: Any, lapsed: tuple[Any, ...], values: dict[str, Any]
+        conn: SqlConnection, candidates: Any, lapsed: tuple[Any, ...], values: dict[str, Any]
     ) -> list[Run]:
         """PostgreSQL: one UPDATE ... RETURNING; rows another sweeper has locked are skipped."""
         statement = (update(runs)
@@ -261,7 +260,7 @@ class SqlAlchemyRunRepository:
 
     @staticmethod
     async def _claim_one_by_one(
-        conn: AsyncConnection, candidates: Any, lapsed: tuple[Any, ...], values: dict[str, Any]
+        conn: SqlConnection, candidates: Any, lapsed: tuple[Any, ...], values: dict[str, Any]
     ) -> list[Run]:
         """Any database: a guarded UPDATE per candidate, keeping those it changed."""
         ids = (await conn.execute(candidates)).scalars().all()

@@ -83,7 +83,7 @@ async def test_database_settings(db: Database) -> None:
         async with db.reading() as conn:
             pragmas = [(await conn.execute(text(f"PRAGMA {name}"))).scalar()
                        for name in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous")]
-        assert pragmas == ["wal", 1, 5000, 1]
+        assert pragmas == ["wal", 1, 2000, 1]
 
 
 async def test_nothing_connects_before_first_use(tmp_path: Path) -> None:
