@@ -10,7 +10,8 @@ values at scrape time from the app's services: nothing is counted twice and noth
 stale. Before the app is ready (or after it stopped) the service values are 0.
 
 The event-loop lag probe is a small task that sleeps `LAG_INTERVAL_S` and measures how late it
-woke up: a loop blocked by CPU work or a blocking call shows here first.
+woke up: a loop blocked by CPU work or a blocking call shows here first. The task count is that of
+the probe's loop (the app's), read at scrape time: a count that only grows is a task leak.
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class LoopLagProbe:
             asked = time.monotonic() + self.interval_s
             await asyncio.sleep(self.interval_s)
             self.observe(max(0.0, time.monotonic() - asked))
+
+    def loop_tasks(self) -> int:
+        """Tasks not yet done on the loop the probe runs on; 0 while it does not run."""
+        task = self._task
+        return len(asyncio.all_tasks(task.get_loop())) if task is not None else 0
 
     def start(self) -> None:
         if self._task is None:
@@ -147,6 +153,9 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily("goldenpath_event_loop_lag_seconds",
                                 "How late the event loop ran the lag probe, last measurement.",
                                 value=probe.last_s)
+        yield GaugeMetricFamily("goldenpath_event_loop_tasks",
+                                "asyncio tasks not yet done on the event loop (a leak only grows).",
+                                value=probe.loop_tasks())
         yield _histogram("goldenpath_event_loop_wakeup_lag_seconds",
                          f"How late the event loop ran the lag probe (every {probe.interval_s} s).",
                          LAG_BUCKETS_S, probe.counts, probe.total_s)

@@ -70,6 +70,7 @@ async def test_metrics_are_served_with_zeros_before_the_app_is_ready(tmp_path: P
     assert value(samples, "goldenpath_runs_total", outcome="completed") == 0
     assert value(samples, "goldenpath_websockets_open") == 0
     assert value(samples, "goldenpath_engine_creation_seconds_count") == 0
+    assert value(samples, "goldenpath_event_loop_tasks") == 0
 
 
 async def test_metrics_after_a_chat(make_server: Any) -> None:
@@ -130,6 +131,24 @@ async def test_the_lag_probe_measures_a_blocked_loop(make_server: Any) -> None:
     assert value(samples, "goldenpath_event_loop_wakeup_lag_seconds_sum") >= 0.25
     assert value(samples, "goldenpath_event_loop_wakeup_lag_seconds_bucket", le="0.1") < value(
         samples, "goldenpath_event_loop_wakeup_lag_seconds_count")
+
+
+async def test_the_task_gauge_counts_the_loops_tasks(make_server: Any) -> None:
+    server: Server = await make_server()
+    registry = server.app[METRICS].registry
+
+    def tasks() -> float:  # no await between the scrape and the count: both see the same loop
+        return value(parse(generate_latest(registry).decode()), "goldenpath_event_loop_tasks")
+
+    assert tasks() == len(asyncio.all_tasks()) >= 2  # this test's and the lag probe's at least
+    before = tasks()
+    release = asyncio.Event()
+    waiting = [asyncio.create_task(release.wait()) for _ in range(5)]
+    assert tasks() == before + 5
+    release.set()
+    await asyncio.gather(*waiting)
+    assert tasks() == before
+    assert value(await scrape(server), "goldenpath_event_loop_tasks") >= 2  # over HTTP too
 
 
 # -- logs -------------------------------------------------------------------------------------
