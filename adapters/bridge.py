@@ -55,6 +55,7 @@ class AgentWebSocketBridge:
 
     async def start(self) -> None:
         await self._bus.start(self)
+        self._log.listen(self._fan_out)
         self._started = True
 
     async def stop(self) -> None:
@@ -88,19 +89,18 @@ class AgentWebSocketBridge:
     def emitter_for(self, context: UserExecutionContext, *, after_seq: int = 0) -> RunEventEmitter:
         return RunEventEmitter(context, self.publish, self._clock, after_seq=after_seq)
 
-    async def publish(self, event: AgentEvent) -> AgentEvent:
-        """Store the event (which gives it its cursor), then fan it out to the user's subscribers.
+    def publish(self, event: AgentEvent) -> asyncio.Future[AgentEvent]:
+        """Queue the event for the log; once stored it is fanned out, then the future resolves.
 
-        Shielded: a cancel (the user's stop, a timeout) that lands while the event is being
-        stored must not leave it stored but undelivered, a gap on every live socket.
+        The log stores events in the order they were queued and hands each committed batch to
+        `_fan_out` before their publishers hear of it, so subscribers get every run's events in
+        order, only once they are stored, and a cancel of the publisher cannot come in between.
         """
-        return await asyncio.shield(self._store_and_fan_out(event))
+        return self._log.submit(event)
 
-    async def _store_and_fan_out(self, event: AgentEvent) -> AgentEvent:
-        stored = await self._log.append(event)
-        self.events_published += 1
-        await self._bus.publish(envelope_of(stored))
-        return stored
+    async def _fan_out(self, stored: list[AgentEvent]) -> None:
+        self.events_published += len(stored)
+        await self._bus.publish([envelope_of(event) for event in stored])
 
     # -- the bus as a listener sees it ------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -41,7 +42,9 @@ class BusListener(Protocol):
 class EventBus(Protocol):
     async def start(self, listener: BusListener) -> None: ...
 
-    async def publish(self, envelope: Envelope) -> None: ...
+    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        """To every process's listener, in order."""
+        ...
 
     async def stop(self) -> None: ...
 
@@ -55,9 +58,10 @@ class InMemoryEventBus:
     async def start(self, listener: BusListener) -> None:
         self._listener = listener
 
-    async def publish(self, envelope: Envelope) -> None:
+    async def publish(self, envelopes: Sequence[Envelope]) -> None:
         if self._listener is not None:
-            self._listener.deliver(envelope)
+            for envelope in envelopes:
+                self._listener.deliver(envelope)
 
     async def stop(self) -> None:
         self._listener = None

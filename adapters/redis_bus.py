@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 from loguru import logger
 from redis.asyncio import Redis
@@ -13,6 +14,7 @@ from adapters.event_bus import BusListener, Envelope, decode, encode
 
 FIRST_SUBSCRIBE_S = 10.0
 MAX_BACKOFF_S = 1.0
+REPUBLISH_BATCH = 500
 
 
 class RedisEventBus:
@@ -47,20 +49,25 @@ class RedisEventBus:
             raise RuntimeError(f"Redis did not answer within {FIRST_SUBSCRIBE_S:g} s; "
                                "check GOLDENPATH_BUS__REDIS_URL") from None
 
-    async def publish(self, envelope: Envelope) -> None:
-        if not self._unsent and await self._try_publish(envelope):
+    async def publish(self, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes or (not self._unsent and await self._try_publish(envelopes)):
             return
-        # Local sockets get it now; other processes get it when Redis returns (_republish).
-        self._unsent.append(envelope)
+        # Local sockets get them now; other processes get them when Redis returns (_republish).
+        self._unsent.extend(envelopes)
         if self._listener is not None:
-            self._listener.deliver(envelope)
+            for envelope in envelopes:
+                self._listener.deliver(envelope)
         if self._retrying is None or self._retrying.done():
             self._retrying = asyncio.create_task(self._retry_unsent(), name="redis-bus-republish")
 
-    async def _try_publish(self, envelope: Envelope) -> bool:
+    async def _try_publish(self, envelopes: Sequence[Envelope]) -> bool:
+        """One round trip for the lot. A failure part-way is retried whole: sockets drop repeats."""
         for _ in range(2):  # the first use of a connection Redis closed fails once, then reconnects
             try:
-                await self._redis.publish(self._channel, encode(envelope))
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for envelope in envelopes:
+                        pipe.publish(self._channel, encode(envelope))
+                    await pipe.execute()
                 return True
             except (RedisError, OSError) as exc:
                 failure = type(exc).__name__
@@ -77,9 +84,10 @@ class RedisEventBus:
 
     async def _republish(self) -> None:
         while self._unsent:
-            if not await self._try_publish(self._unsent[0]):
+            batch = self._unsent[:REPUBLISH_BATCH]
+            if not await self._try_publish(batch):
                 return
-            self._unsent.pop(0)
+            del self._unsent[:len(batch)]
 
     async def stop(self) -> None:
         if self._retrying is not None:

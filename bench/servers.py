@@ -103,7 +103,7 @@ def golden_env(run_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
     MAX_ENGINES_TOTAL and the message rate are raised so that no row is refused."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOLDENPATH_")}
     env.update({
-        "GOLDENPATH_DATABASE__URL": f"sqlite+aiosqlite:///{run_dir}/bench.db",
+        "GOLDENPATH_DATABASE__URL": f"sqlite:///{run_dir}/bench.db",
         "GOLDENPATH_MODEL__PROVIDER": "builtin",
         "GOLDENPATH_MODEL__BUILTIN_DELAY_MS": "0",
         "GOLDENPATH_AUTH__ARGON2_TIME_COST": "1",

@@ -24,7 +24,7 @@ class ServerSettings(BaseModel):
 
 
 class DatabaseSettings(BaseModel):
-    url: str = "sqlite+aiosqlite:///var/goldenpath.db"
+    url: str = "sqlite:///var/goldenpath.db"
     migrate_on_start: bool = True
     echo: bool = False
 

@@ -174,10 +174,11 @@ class ChatService:
                 "wait for one to end or cancel one."
             )
         now = self._clock.now()
+        new_thread: Thread | None = None
         if thread_id is None:
-            thread = Thread(id=self._ids.new_id("thr"), user_id=user_id, title=_title(text),
-                            created_at=now, updated_at=now)
-            await self._threads.add(thread)
+            new_thread = Thread(id=self._ids.new_id("thr"), user_id=user_id, title=_title(text),
+                                created_at=now, updated_at=now)
+            thread = new_thread
         else:
             found = await self._threads.get(user_id, thread_id)
             if found is None:
@@ -190,11 +191,10 @@ class ChatService:
                   status=RunStatus.QUEUED, created_at=now, client_message_id=client_message_id,
                   owner=self._lease.owner,
                   lease_expires_at=now + timedelta(seconds=self._lease.ttl_s))
-        await self._runs.add(run)  # raises Conflict on a duplicate client_message_id
-        await self._messages.add(Message(id=self._ids.new_id("msg"), thread_id=thread.id,
-                                         user_id=user_id, role=Role.USER, text=text,
-                                         created_at=now, run_id=run.id))
-        await self._threads.touch(thread.id, now)
+        message = Message(id=self._ids.new_id("msg"), thread_id=thread.id, user_id=user_id,
+                          role=Role.USER, text=text, created_at=now, run_id=run.id)
+        # One transaction; raises Conflict on a duplicate client_message_id (nothing stored then).
+        await self._runs.add(run, message, new_thread=new_thread)
         if multitask is Multitask.INTERRUPT:
             self._interrupt(user_id, lane)
         self._pending[user_id] += 1
@@ -294,16 +294,13 @@ class ChatService:
     async def _persist(self, run: Run, outcome: RunOutcome) -> str | None:
         """Store the answer and the run's end before the terminal event, so HTTP agrees with it."""
         now = self._clock.now()
-        message_id = None
+        answer = None
         if outcome.status is RunStatus.COMPLETED:
-            message_id = self._ids.new_id("msg")
-            await self._messages.add(Message(id=message_id, thread_id=run.thread_id,
-                                             user_id=run.user_id, role=Role.ASSISTANT,
-                                             text=outcome.text, created_at=now, run_id=run.id))
-            await self._threads.touch(run.thread_id, now)
-        await self._runs.set_status(run.id, outcome.status, finished_at=now,
-                                    error=outcome.error_message or outcome.cancel_reason)
-        return message_id
+            answer = Message(id=self._ids.new_id("msg"), thread_id=run.thread_id, user_id=run.user_id,
+                             role=Role.ASSISTANT, text=outcome.text, created_at=now, run_id=run.id)
+        await self._runs.finish(run.id, outcome.status, finished_at=now, answer=answer,
+                                error=outcome.error_message or outcome.cancel_reason)
+        return None if answer is None else answer.id
 
     # -- cancelling and waiting ----------------------------------------------------------------
 

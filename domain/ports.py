@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -40,6 +40,14 @@ class EventLog(Protocol):
     """Durable, ordered store of every event; gives each stored event its cursor."""
 
     async def append(self, event: AgentEvent) -> AgentEvent: ...
+
+    def submit(self, event: AgentEvent) -> Awaitable[AgentEvent]:
+        """Queue the event; resolves to it with its cursor once stored. Stored in queue order."""
+        ...
+
+    def listen(self, listener: Callable[[list[AgentEvent]], Awaitable[None]] | None) -> None:
+        """`listener` gets the stored events, in order, before their submitters hear of them."""
+        ...
 
     async def read_run(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]: ...
 
@@ -91,7 +99,19 @@ class MessageRepository(Protocol):
 
 
 class RunRepository(Protocol):
-    async def add(self, run: Run) -> None: ...
+    async def add(self, run: Run, message: Message | None = None, *, new_thread: Thread | None = None
+                  ) -> None:
+        """The run, the message that asked for it and the thread it opened, in one transaction.
+
+        The thread's updated_at becomes the message's time. Conflict: the user has a run for
+        that client_message_id already (then nothing is stored).
+        """
+        ...
+
+    async def finish(self, run_id: str, status: RunStatus, *, finished_at: datetime,
+                     error: str | None = None, answer: Message | None = None) -> None:
+        """The run's end in one transaction: its answer (touching its thread), then its status."""
+        ...
 
     async def get(self, user_id: str, run_id: str) -> Run | None: ...
 

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -129,16 +129,31 @@ class InMemoryMessageRepository:
 
 
 class InMemoryRunRepository:
-    def __init__(self) -> None:
+    def __init__(self, threads: InMemoryThreadRepository, messages: InMemoryMessageRepository) -> None:
         self.runs: dict[str, Run] = {}
+        self._threads = threads
+        self._messages = messages
 
-    async def add(self, run: Run) -> None:
+    async def add(self, run: Run, message: Message | None = None, *, new_thread: Thread | None = None
+                  ) -> None:
         if run.client_message_id is not None and any(
             r.user_id == run.user_id and r.client_message_id == run.client_message_id
             for r in self.runs.values()
         ):
             raise Conflict("A run for that client_message_id exists already.")
+        if new_thread is not None:
+            await self._threads.add(new_thread)
         self.runs[run.id] = run
+        if message is not None:
+            await self._messages.add(message)
+            await self._threads.touch(run.thread_id, message.created_at)
+
+    async def finish(self, run_id: str, status: RunStatus, *, finished_at: datetime,
+                     error: str | None = None, answer: Message | None = None) -> None:
+        if answer is not None:
+            await self._messages.add(answer)
+            await self._threads.touch(answer.thread_id, answer.created_at)
+        await self.set_status(run_id, status, finished_at=finished_at, error=error)
 
     async def get(self, user_id: str, run_id: str) -> Run | None:
         run = self.runs.get(run_id)
@@ -178,10 +193,22 @@ class InMemoryEventLog:
 
     def __init__(self) -> None:
         self.events: list[AgentEvent] = []
+        self._listener: Callable[[list[AgentEvent]], Awaitable[None]] | None = None
 
     async def append(self, event: AgentEvent) -> AgentEvent:
+        return await self.submit(event)
+
+    def submit(self, event: AgentEvent) -> asyncio.Future[AgentEvent]:
         stored = event.with_cursor(f"{len(self.events) + 1:020d}")
         self.events.append(stored)
+        return asyncio.ensure_future(self._hand_over(stored))
+
+    def listen(self, listener: Callable[[list[AgentEvent]], Awaitable[None]] | None) -> None:
+        self._listener = listener
+
+    async def _hand_over(self, stored: AgentEvent) -> AgentEvent:
+        if self._listener is not None:
+            await self._listener([stored])
         return stored
 
     async def read_run(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]:

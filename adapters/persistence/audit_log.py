@@ -1,64 +1,58 @@
-"""The audit trail on SQL: `record` only queues; a background task writes in batches."""
+"""The audit trail on SQL: `record` only queues; the database's group commit writes the entries."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from functools import partial
 
 from loguru import logger
 from sqlalchemy import insert, select
 
+from adapters.persistence.connection import SqlConnection
 from adapters.persistence.database import Database
 from adapters.persistence.tables import audit_log
 from domain.model import AuditAction, AuditEntry
 
-MAX_BATCH = 500
 MAX_QUEUED = 10_000
-
-# A flush request travels the queue as a future, behind every entry recorded before it.
-_Item = AuditEntry | asyncio.Future[None] | None
 
 
 class SqlAlchemyAuditLog:
-    def __init__(
-        self, db: Database, *, max_batch: int = MAX_BATCH, max_queued: int = MAX_QUEUED
-    ) -> None:
+    """`record` only queues: entries ride the database's next group commit, many per statement."""
+
+    def __init__(self, db: Database, *, max_queued: int = MAX_QUEUED) -> None:
         self._db = db
-        self._max_batch = max_batch
         self._max_queued = max_queued
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._batch: list[AuditEntry] | None = None  # entries waiting for the next commit
         self._dropped = 0
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._write_forever(), name="audit-log-writer")
+        """Nothing to start: the database's committer writes."""
 
     async def stop(self) -> None:
-        """Writes everything recorded so far, then stops the writer."""
-        task, self._task = self._task, None
-        if task is not None:
-            self._queue.put_nowait(None)
-            await task
+        """Writes everything recorded so far."""
+        await self.flush()
 
     def record(self, entry: AuditEntry) -> None:
+        if self._batch is None:
+            batch: list[AuditEntry] = []
+            try:
+                self._db.write_soon(partial(self._insert, batch)).add_done_callback(_report)
+            except RuntimeError:  # the database is closed: the server is stopping
+                logger.warning("audit entry after shutdown dropped: {}", entry.action)
+                return
+            self._batch = batch
         # Auditing must not take the server down with it: past the bound, entries are dropped.
-        if self._queue.qsize() >= self._max_queued:
+        if len(self._batch) >= self._max_queued:
             self._dropped += 1
             if self._dropped == 1 or self._dropped % 1000 == 0:
                 logger.warning("audit log queue full; {} entries dropped", self._dropped)
             return
-        self._queue.put_nowait(entry)
+        self._batch.append(entry)
 
     async def flush(self) -> None:
         """Returns once every entry recorded before the call is written (or failed to be)."""
-        if self._task is None:
-            while not self._queue.empty():
-                await self._process(self._queue.get_nowait())
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(done)
-        await done
+        await self._db.committer.flush()
 
     async def list(
         self, *, user_id: str | None = None, limit: int = 100
@@ -74,31 +68,15 @@ class SqlAlchemyAuditLog:
                 for row in rows
             ]
 
-    async def _write_forever(self) -> None:
-        while await self._process(await self._queue.get()):
-            pass
+    async def _insert(self, batch: list[AuditEntry], conn: SqlConnection) -> None:
+        if batch is self._batch:
+            self._batch = None  # entries recorded from now on go in the next batch
+        rows = [{"user_id": e.user_id, "action": AuditAction(e.action).value, "run_id": e.run_id,
+                 "outcome": e.outcome, "detail": e.detail, "at": e.at} for e in batch]
+        if rows:
+            await conn.execute(insert(audit_log), rows)
 
-    async def _process(self, first: _Item) -> bool:
-        """Writes `first` and what is queued behind it, up to a batch; False at the stop mark."""
-        items = [first]
-        while len(items) < self._max_batch and not self._queue.empty():
-            items.append(self._queue.get_nowait())
-        entries = [item for item in items if isinstance(item, AuditEntry)]
-        if entries:
-            await self._insert(entries)
-        for item in items:
-            if isinstance(item, asyncio.Future) and not item.done():
-                item.set_result(None)
-        return all(item is not None for item in items)
 
-    async def _insert(self, entries: list[AuditEntry]) -> None:
-        try:
-            rows = [
-                {"user_id": e.user_id, "action": AuditAction(e.action).value, "run_id": e.run_id,
-                 "outcome": e.outcome, "detail": e.detail, "at": e.at}
-                for e in entries
-            ]
-            async with self._db.writing() as conn:
-                await conn.execute(insert(audit_log), rows)
-        except Exception:
-            logger.exception("could not write {} audit entries; they are lost", len(entries))
+def _report(written: asyncio.Future[None]) -> None:
+    if not written.cancelled() and written.exception() is not None:
+        logger.opt(exception=written.exception()).error("could not write audit entries; they are lost")

@@ -17,20 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import Dialect, Result, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 
+from adapters.persistence.committer import GroupCommitter, Work
+from adapters.persistence.connection import InlineConnection, SqlConnection
+
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
 _IMMEDIATE = "goldenpath_sqlite_immediate"
-SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite", "sqlite+aiosqlite")  # all run inline (see above)
 
 _SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -38,39 +41,6 @@ _SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=2000",
 )
-
-T = TypeVar("T")
-
-
-class SqlConnection(Protocol):
-    """What repositories use of a connection: AsyncConnection (PostgreSQL) or InlineConnection."""
-
-    @property
-    def dialect(self) -> Dialect: ...
-
-    async def execute(self, statement: Any, parameters: Any = None) -> Result[Any]: ...
-
-    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T: ...
-
-
-class InlineConnection:
-    """An SQLAlchemy Connection with AsyncConnection's calling convention; never suspends."""
-
-    __slots__ = ("_sync",)
-
-    def __init__(self, sync: Connection) -> None:
-        self._sync = sync
-
-    @property
-    def dialect(self) -> Dialect:
-        return self._sync.dialect
-
-    async def execute(self, statement: Any, parameters: Any = None) -> Result[Any]:
-        return self._sync.execute(statement, parameters)
-
-    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        return fn(self._sync, *args)
-
 
 def alembic_config(url: str) -> Config:
     """An Alembic config for our migrations and `url`, without an alembic.ini."""
@@ -129,6 +99,8 @@ class Database:
             self._sqlite = None
             self._write_lock = None
             self._async = create_async_engine(url, echo=echo, pool_pre_ping=True)
+        self._committer = GroupCommitter(self.writing)
+        self._disposed = False
 
     @property
     def url(self) -> str:
@@ -138,9 +110,32 @@ class Database:
     def dialect(self) -> str:
         return self._dialect
 
+    @property
+    def committer(self) -> GroupCommitter:
+        """Where `write` queues its work; participants (the event log) join it."""
+        return self._committer
+
+    def write_soon(self, work: Work[T]) -> asyncio.Future[T]:
+        """Queue `work` for the next group commit (started on first use); see committer.py."""
+        if not self._committer.started:
+            if self._disposed:
+                raise RuntimeError("the database was disposed")
+            self._committer.start()
+        return self._committer.submit(work)
+
+    async def write(self, work: Work[T]) -> T:
+        """Run `work` in a transaction shared with the other writes queued meanwhile; its result.
+
+        Shielded: once queued the work is committed even if the caller is cancelled.
+        """
+        return await asyncio.shield(self.write_soon(work))
+
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[SqlConnection]:
-        """A transaction, committed on exit; the only writer of this process on SQLite."""
+        """A transaction of its own, committed on exit: for migrations and bulk deletes.
+
+        Everyday writes go through `write`, which shares transactions.
+        """
         if self._sqlite is None:
             async with self._async.begin() as conn:
                 yield conn
@@ -167,6 +162,9 @@ class Database:
             await conn.run_sync(_upgrade, alembic_config(self._url))
 
     async def dispose(self) -> None:
+        """Commits what is queued, then closes every connection."""
+        self._disposed = True
+        await self._committer.stop()
         if self._sqlite is not None:
             self._sqlite.dispose()
         else:

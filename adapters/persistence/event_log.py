@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from loguru import logger
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
-from adapters.persistence.database import Database, SqlConnection
+from adapters.persistence.connection import SqlConnection
+from adapters.persistence.database import Database
 from adapters.persistence.tables import event_log_state, events
 from domain.errors import CursorExpired, InvalidMessage
 from domain.events import AgentEvent, EventType
 
 CURSOR_DIGITS = 20
-MAX_BATCH = 500
 PRUNE_BATCH = 5000
 # event_log_state names: the highest event id pruned, and the highest deleted with its thread.
 PRUNED_THROUGH = "pruned_through"
@@ -27,8 +28,11 @@ APPEND_LOCK = 0x676F6C64
 DELETED_THROUGH = "deleted_through"
 
 _Event = tuple[AgentEvent, dict[str, Any], "asyncio.Future[AgentEvent]"]
-# A barrier travels the queue as a future, resolved once everything queued before it is stored.
-_Item = _Event | asyncio.Future[None] | None
+
+
+_MAX_EVENT_ID = select(func.max(events.c.id))
+_NUMBERED_THROUGH = (select(func.max(event_log_state.c.value))
+                     .where(event_log_state.c.name.in_((PRUNED_THROUGH, DELETED_THROUGH))))
 
 
 def encode_cursor(event_id: int) -> str:
@@ -80,41 +84,45 @@ def _event(row: Any) -> AgentEvent:
 
 
 class SqlAlchemyEventLog:
-    """One writer task stores whatever is queued in one transaction, so many runs cost few commits.
+    """Appends ride the group committer: a batch's events are numbered and inserted together.
 
     Ids are numbered inside each batch's transaction, after the highest id stored, while no
     other appender can write: on PostgreSQL an advisory lock held until commit serialises the
     processes that share the database, on SQLite the one writer does. So ids become visible in
     order and a reader's cursor never passes an event still to appear. Ids are never given out
     twice, not even those of pruned or deleted events: a cursor must never skip a newer event.
+    Once a batch is committed its events go to the listener (the bridge's fan-out), in order,
+    before their appenders hear they are stored.
     """
 
-    def __init__(
-        self, db: Database, *, max_batch: int = MAX_BATCH, prune_batch: int = PRUNE_BATCH
-    ) -> None:
+    def __init__(self, db: Database, *, prune_batch: int = PRUNE_BATCH) -> None:
         self._db = db
-        self._max_batch = max_batch
+        self._committer = db.committer
         self._prune_batch = prune_batch
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._staged: list[_Event] = []
+        self._stored: list[tuple[AgentEvent, asyncio.Future[AgentEvent]]] = []
+        self._listener: Callable[[list[AgentEvent]], Awaitable[None]] | None = None
         self._pruned_through = 0
+        self._open = False
+        db.committer.join(self)
+
+    def listen(self, listener: Callable[[list[AgentEvent]], Awaitable[None]] | None) -> None:
+        """`listener` gets each committed batch of events, in order, before their appenders resume."""
+        self._listener = listener
 
     async def start(self) -> None:
-        if self._task is not None:
-            return
         async with self._db.reading() as conn:
             self._pruned_through = await read_state(conn, PRUNED_THROUGH)
-        self._task = asyncio.create_task(self._write_forever(), name="event-log-writer")
+        self._open = True
 
     async def stop(self) -> None:
-        """Stores everything appended so far, then stops the writer."""
-        task, self._task = self._task, None
-        if task is not None:
-            self._queue.put_nowait(None)
-            await task
+        """Stores everything appended so far; appends after this raise."""
+        self._open = False
+        await self._committer.flush()
 
-    async def append(self, event: AgentEvent) -> AgentEvent:
-        if self._task is None:
+    def submit(self, event: AgentEvent) -> asyncio.Future[AgentEvent]:
+        """Queue the event; the future holds it with its cursor once stored (and handed to the listener)."""
+        if not self._open:
             raise RuntimeError("the event log is not started")
         if event.ts.tzinfo is None:
             raise ValueError(f"event ts must be timezone-aware, not {event.ts!r}")
@@ -125,16 +133,19 @@ class SqlAlchemyEventLog:
             "data": json.dumps(dict(event.data), ensure_ascii=False, separators=(",", ":")),
         }
         future: asyncio.Future[AgentEvent] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((event, row, future))
-        return await future
+
+        async def stage(_conn: SqlConnection) -> None:
+            self._staged.append((event, dict(row), future))
+
+        self._db.write_soon(stage).add_done_callback(partial(_report_failure, future))
+        return future
+
+    async def append(self, event: AgentEvent) -> AgentEvent:
+        return await asyncio.shield(self.submit(event))
 
     async def flush(self) -> None:
         """Returns once every event appended before the call is stored (or failed to be)."""
-        if self._task is None:
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(done)
-        await done
+        await self._committer.flush()
 
     async def read_run(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]:
         query = (select(events)
@@ -189,78 +200,48 @@ class SqlAlchemyEventLog:
             if result.rowcount < self._prune_batch:
                 return deleted
 
-    async def _write_forever(self) -> None:
-        while True:
-            batch: list[_Event] = []
-            barriers: list[asyncio.Future[None]] = []
-            item = await self._queue.get()
-            while item is not None:
-                if isinstance(item, asyncio.Future):
-                    barriers.append(item)
-                else:
-                    batch.append(item)
-                if len(batch) >= self._max_batch or self._queue.empty():
-                    break
-                item = self._queue.get_nowait()
-            try:
-                if batch:
-                    await self._flush(batch)
-            finally:
-                for barrier in barriers:
-                    if not barrier.done():
-                        barrier.set_result(None)
-            if item is None:
-                return
+    # -- the group committer's participant ------------------------------------------------------
 
-    async def _flush(self, batch: list[_Event]) -> None:
-        rows = [dict(row) for _, row, _ in batch]
+    async def before_commit(self, conn: SqlConnection) -> None:
+        if self._staged:
+            staged, self._staged = self._staged, []
+            rows = [row for _, row, _ in staged]
+            await self._insert(conn, rows)
+            self._stored.extend((event.with_cursor(encode_cursor(row["id"])), future)
+                                for (event, _, future), row in zip(staged, rows, strict=True))
+
+    def discard(self) -> None:
+        self._staged.clear()
+        self._stored.clear()
+
+    async def after_commit(self) -> None:
+        if not self._stored:
+            return
+        stored, self._stored = self._stored, []
         try:
-            await self._insert(rows)
-        except IntegrityError as exc:
-            if len(batch) == 1:
-                _fail(batch, exc)
-                return
-            # One bad event (a repeated seq) must not fail the others that shared its commit.
-            for row, item in zip(rows, batch, strict=True):
-                await self._flush_alone(row, item)
-        except asyncio.CancelledError:
-            for *_, future in batch:
-                future.cancel()
-            raise
-        except Exception as exc:
-            _fail(batch, exc)
-        else:
-            _resolve(rows, batch)
+            if self._listener is not None:
+                await self._listener([event for event, _ in stored])
+        finally:
+            for event, future in stored:
+                if not future.done():
+                    future.set_result(event)
 
-    async def _flush_alone(self, row: dict[str, Any], item: _Event) -> None:
-        try:
-            await self._insert([row])
-        except Exception as exc:
-            _fail([item], exc)
-        else:
-            _resolve([row], [item])
-
-    async def _insert(self, rows: list[dict[str, Any]]) -> None:
-        """Number the rows and store them in one transaction; the numbering is part of it."""
-        async with self._db.writing() as conn:
-            if self._db.dialect == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK})
-            stored = (await conn.execute(select(func.max(events.c.id)))).scalar() or 0
-            top = max(stored, await read_state(conn, PRUNED_THROUGH, DELETED_THROUGH))
-            for offset, row in enumerate(rows, start=1):
-                row["id"] = top + offset
-            await conn.execute(insert(events), rows)
+    async def _insert(self, conn: SqlConnection, rows: list[dict[str, Any]]) -> None:
+        """Number the rows and store them in `conn`'s transaction; the numbering is part of it."""
+        if self._db.dialect == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK})
+        stored = (await conn.execute(_MAX_EVENT_ID)).scalar() or 0
+        top = max(stored, (await conn.execute(_NUMBERED_THROUGH)).scalar() or 0)
+        for offset, row in enumerate(rows, start=1):
+            row["id"] = top + offset
+        await conn.execute(insert(events), rows)
 
 
-def _resolve(rows: list[dict[str, Any]], batch: list[_Event]) -> None:
-    for row, (event, _, future) in zip(rows, batch, strict=True):
-        if not future.done():
-            future.set_result(event.with_cursor(encode_cursor(row["id"])))
-
-
-def _fail(batch: list[_Event], exc: Exception) -> None:
-    """Appenders get the error instead of waiting forever; the writer carries on."""
-    logger.opt(exception=exc).error("could not store {} event(s)", len(batch))
-    for *_, future in batch:
-        if not future.done():
-            future.set_exception(exc)
+def _report_failure(event_future: asyncio.Future[AgentEvent], staged: asyncio.Future[None]) -> None:
+    """The event's batch failed and so did the event alone: its appender gets the error."""
+    if staged.cancelled():
+        event_future.cancel()
+    elif (exc := staged.exception()) is not None:
+        logger.opt(exception=exc).error("could not store an event")
+        if not event_future.done():
+            event_future.set_exception(exc)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
-from sqlalchemy import case, delete, func, insert, literal, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
-from adapters.persistence.database import Database, SqlConnection
+from adapters.persistence.connection import SqlConnection
+from adapters.persistence.database import Database
 from adapters.persistence.event_log import delete_thread_events
 from adapters.persistence.tables import messages, notes, runs, threads, users
 from domain.errors import Conflict, NotFound
@@ -39,6 +41,64 @@ def search_words(query: str) -> list[str]:
     return list(dict.fromkeys(words))[:_MAX_SEARCH_WORDS]
 
 
+# The statements of the golden path, built once: building one costs more than running it on SQLite.
+_INSERT_THREAD = insert(threads)
+_INSERT_MESSAGE = insert(messages)
+_INSERT_RUN = insert(runs)
+_TOUCH_THREAD = (update(threads).where(threads.c.id == bindparam("thread_id"))
+                 .values(updated_at=bindparam("at")))
+_THREAD_OF_USER = select(threads).where(threads.c.id == bindparam("thread_id"),
+                                        threads.c.user_id == bindparam("user_id"))
+_MESSAGES_OF_THREAD = (select(messages)
+                       .where(messages.c.thread_id == bindparam("thread_id"),
+                              messages.c.user_id == bindparam("user_id"))
+                       .order_by(messages.c.created_at, messages.c.id))
+_RUN_BY_ID = select(runs).where(runs.c.user_id == bindparam("user_id"), runs.c.id == bindparam("key"))
+_RUN_BY_CLIENT_MESSAGE_ID = select(runs).where(runs.c.user_id == bindparam("user_id"),
+                                               runs.c.client_message_id == bindparam("key"))
+_COUNT_UNFINISHED = (select(func.count()).select_from(runs)
+                     .where(runs.c.user_id == bindparam("user_id"), runs.c.status.in_(_UNFINISHED)))
+# Guarded: a final status is never overwritten. finished_at and error change only when given.
+_SET_STATUS = (update(runs)
+               .where(runs.c.id == bindparam("run_id"), runs.c.status.in_(_UNFINISHED))
+               .values(status=bindparam("new_status"),
+                       finished_at=func.coalesce(bindparam("new_finished_at"), runs.c.finished_at),
+                       error=func.coalesce(bindparam("new_error"), runs.c.error)))
+
+
+async def _insert_thread(thread: Thread, conn: SqlConnection) -> None:
+    await conn.execute(_INSERT_THREAD, {
+        "id": thread.id, "user_id": thread.user_id, "title": thread.title,
+        "created_at": thread.created_at, "updated_at": thread.updated_at,
+    })
+
+
+async def _insert_message(message: Message, conn: SqlConnection) -> None:
+    await conn.execute(_INSERT_MESSAGE, {
+        "id": message.id, "thread_id": message.thread_id, "user_id": message.user_id,
+        "role": message.role.value, "text": message.text, "run_id": message.run_id,
+        "created_at": message.created_at,
+    })
+
+
+async def _touch_thread(thread_id: str, at: datetime, conn: SqlConnection) -> None:
+    await conn.execute(_TOUCH_THREAD, {"thread_id": thread_id, "at": at})
+
+
+def _run_row(run: Run) -> dict[str, Any]:
+    return {"id": run.id, "user_id": run.user_id, "thread_id": run.thread_id,
+            "status": run.status.value, "client_message_id": run.client_message_id,
+            "created_at": run.created_at, "finished_at": run.finished_at, "error": run.error,
+            "owner": run.owner, "lease_expires_at": run.lease_expires_at}
+
+
+async def _set_status(run_id: str, status: RunStatus, finished_at: datetime | None, error: str | None,
+                      conn: SqlConnection) -> None:
+    await conn.execute(_SET_STATUS, {"run_id": run_id, "new_status": status.value,
+                                     "new_finished_at": finished_at, "new_error": error})
+
+
+
 class SqlAlchemyUserRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -49,9 +109,11 @@ class SqlAlchemyUserRepository:
         if user.token_version:
             # A new user is at 0, the column's server default; only another value is written.
             values["token_version"] = user.token_version
+        async def add(conn: SqlConnection) -> None:
+            await conn.execute(insert(users).values(**values))
+
         try:
-            async with self._db.writing() as conn:
-                await conn.execute(insert(users).values(**values))
+            await self._db.write(add)
         except IntegrityError as exc:
             raise Conflict("That username is taken.") from exc
 
@@ -78,16 +140,18 @@ class SqlAlchemyUserRepository:
         """One atomic increment: two bumps at once (two devices logging out) give two versions."""
         statement = (update(users).where(users.c.id == user_id)
                      .values(token_version=users.c.token_version + 1, **values))
-        async with self._db.writing() as conn:
+
+        async def bump(conn: SqlConnection) -> int | None:
             if conn.dialect.name == "postgresql":
-                version = (await conn.execute(statement.returning(users.c.token_version))).scalar()
-            elif (await conn.execute(statement)).rowcount == 1:
+                return (await conn.execute(statement.returning(users.c.token_version))).scalar()
+            if (await conn.execute(statement)).rowcount == 1:
                 # SQLite: the write lock (BEGIN IMMEDIATE) is held until commit, so the version
                 # read here is the one this UPDATE wrote.
-                version = (await conn.execute(
+                return (await conn.execute(
                     select(users.c.token_version).where(users.c.id == user_id))).scalar()
-            else:
-                version = None
+            return None
+
+        version = await self._db.write(bump)
         if version is None:
             raise NotFound("That user no longer exists.")
         return int(version)
@@ -103,16 +167,11 @@ class SqlAlchemyThreadRepository:
         self._db = db
 
     async def add(self, thread: Thread) -> None:
-        async with self._db.writing() as conn:
-            await conn.execute(insert(threads).values(
-                id=thread.id, user_id=thread.user_id, title=thread.title,
-                created_at=thread.created_at, updated_at=thread.updated_at,
-            ))
+        await self._db.write(partial(_insert_thread, thread))
 
     async def get(self, user_id: str, thread_id: str) -> Thread | None:
-        query = select(threads).where(threads.c.id == thread_id, threads.c.user_id == user_id)
         async with self._db.reading() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(_THREAD_OF_USER, {"thread_id": thread_id, "user_id": user_id})).first()
         return None if row is None else Thread(**row._mapping)
 
     async def list_for_user(self, user_id: str) -> Sequence[Thread]:
@@ -122,9 +181,7 @@ class SqlAlchemyThreadRepository:
             return [Thread(**row._mapping) for row in await conn.execute(query)]
 
     async def touch(self, thread_id: str, at: datetime) -> None:
-        async with self._db.writing() as conn:
-            await conn.execute(update(threads).where(threads.c.id == thread_id)
-                               .values(updated_at=at))
+        await self._db.write(partial(_touch_thread, thread_id, at))
 
     async def delete(self, user_id: str, thread_id: str) -> bool:
         """Deletes the thread's messages, runs and events too, whether or not foreign keys cascade.
@@ -133,14 +190,17 @@ class SqlAlchemyThreadRepository:
         """
         owned = select(threads.c.id).where(threads.c.id == thread_id,
                                            threads.c.user_id == user_id)
-        async with self._db.writing() as conn:
+
+        async def delete_owned(conn: SqlConnection) -> bool:
             if (await conn.execute(owned)).first() is None:
                 return False
             await conn.execute(delete(messages).where(messages.c.thread_id == thread_id))
             await conn.execute(delete(runs).where(runs.c.thread_id == thread_id))
             await conn.execute(delete(threads).where(threads.c.id == thread_id))
             await delete_thread_events(conn, user_id, thread_id)
-        return True
+            return True
+
+        return await self._db.write(delete_owned)
 
 
 class SqlAlchemyMessageRepository:
@@ -148,19 +208,11 @@ class SqlAlchemyMessageRepository:
         self._db = db
 
     async def add(self, message: Message) -> None:
-        async with self._db.writing() as conn:
-            await conn.execute(insert(messages).values(
-                id=message.id, thread_id=message.thread_id, user_id=message.user_id,
-                role=message.role.value, text=message.text, run_id=message.run_id,
-                created_at=message.created_at,
-            ))
+        await self._db.write(partial(_insert_message, message))
 
     async def list_for_thread(self, user_id: str, thread_id: str) -> Sequence[Message]:
-        query = (select(messages)
-                 .where(messages.c.thread_id == thread_id, messages.c.user_id == user_id)
-                 .order_by(messages.c.created_at, messages.c.id))
         async with self._db.reading() as conn:
-            rows = await conn.execute(query)
+            rows = await conn.execute(_MESSAGES_OF_THREAD, {"thread_id": thread_id, "user_id": user_id})
             return [Message(**{**row._mapping, "role": Role(row.role)}) for row in rows]
 
 
@@ -172,24 +224,33 @@ class SqlAlchemyRunRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, run: Run) -> None:
+    async def add(self, run: Run, message: Message | None = None, *, new_thread: Thread | None = None
+                  ) -> None:
+        """Stores the run with the message that asked for it (and the thread it opened), atomically.
+
+        The thread's updated_at becomes the message's time. Conflict: a run for that
+        client_message_id exists already (nothing is stored then).
+        """
+
+        async def add_run(conn: SqlConnection) -> None:
+            if new_thread is not None:
+                await _insert_thread(new_thread, conn)
+            await conn.execute(_INSERT_RUN, _run_row(run))
+            if message is not None:
+                await _insert_message(message, conn)
+                if new_thread is None:
+                    await _touch_thread(run.thread_id, message.created_at, conn)
+
         try:
-            async with self._db.writing() as conn:
-                await conn.execute(insert(runs).values(
-                    id=run.id, user_id=run.user_id, thread_id=run.thread_id,
-                    status=run.status.value, client_message_id=run.client_message_id,
-                    created_at=run.created_at, finished_at=run.finished_at, error=run.error,
-                    owner=run.owner, lease_expires_at=run.lease_expires_at,
-                ))
+            await self._db.write(add_run)
         except IntegrityError as exc:
             raise Conflict("A run for that client_message_id exists already.") from exc
 
     async def get(self, user_id: str, run_id: str) -> Run | None:
-        return await self._one(runs.c.user_id == user_id, runs.c.id == run_id)
+        return await self._one(_RUN_BY_ID, user_id, run_id)
 
     async def get_by_client_message_id(self, user_id: str, client_message_id: str) -> Run | None:
-        return await self._one(runs.c.user_id == user_id,
-                               runs.c.client_message_id == client_message_id)
+        return await self._one(_RUN_BY_CLIENT_MESSAGE_ID, user_id, client_message_id)
 
     async def set_status(
         self,
@@ -204,29 +265,38 @@ class SqlAlchemyRunRepository:
         A final status is never overwritten: a run that recovery already failed (its owner
         stalled past its lease) stays failed whatever its owner writes afterwards.
         """
-        values: dict[str, Any] = {"status": status.value}
-        if finished_at is not None:
-            values["finished_at"] = finished_at
-        if error is not None:
-            values["error"] = error
-        async with self._db.writing() as conn:
-            await conn.execute(update(runs)
-                               .where(runs.c.id == run_id, runs.c.status.in_(_UNFINISHED))
-                               .values(**values))
+        await self._db.write(partial(_set_status, run_id, status, finished_at, error))
+
+    async def finish(self, run_id: str, status: RunStatus, *, finished_at: datetime,
+                     error: str | None = None, answer: Message | None = None) -> None:
+        """The run's end in one transaction: its answer (touching the thread), then its status.
+
+        The status is guarded like set_status's; the answer is stored even if recovery failed
+        the run meanwhile (the user saw it streamed).
+        """
+
+        async def finish_run(conn: SqlConnection) -> None:
+            if answer is not None:
+                await _insert_message(answer, conn)
+                await _touch_thread(answer.thread_id, answer.created_at, conn)
+            await _set_status(run_id, status, finished_at, error, conn)
+
+        await self._db.write(finish_run)
 
     async def count_unfinished(self, user_id: str) -> int:
-        query = (select(func.count()).select_from(runs)
-                 .where(runs.c.user_id == user_id, runs.c.status.in_(_UNFINISHED)))
         async with self._db.reading() as conn:
-            return (await conn.execute(query)).scalar() or 0
+            return (await conn.execute(_COUNT_UNFINISHED, {"user_id": user_id})).scalar() or 0
 
     async def renew_leases(self, owner: str, until: datetime) -> int:
         """Extends the lease of every unfinished run `owner` holds to `until`; returns how many."""
         statement = (update(runs)
                      .where(runs.c.owner == owner, runs.c.status.in_(_UNFINISHED))
                      .values(lease_expires_at=until))
-        async with self._db.writing() as conn:
+
+        async def renew(conn: SqlConnection) -> int:
             return (await conn.execute(statement)).rowcount
+
+        return await self._db.write(renew)
 
     async def claim_orphans(self, now: datetime, error: str, limit: int = 100) -> Sequence[Run]:
         """Fails up to `limit` unfinished runs whose lease lapsed before `now`; returns them.
@@ -240,11 +310,13 @@ class SqlAlchemyRunRepository:
         lapsed = (runs.c.status.in_(_UNFINISHED), runs.c.lease_expires_at < now)
         oldest = select(runs.c.id).where(*lapsed).order_by(runs.c.lease_expires_at, runs.c.id)
         values = {"status": RunStatus.FAILED.value, "finished_at": now, "error": error}
-        async with self._db.writing() as conn:
+
+        async def claim(conn: SqlConnection) -> list[Run]:
             if conn.dialect.name == "postgresql":
-                claimed = await self._claim_skipping_locked(conn, oldest.limit(limit), lapsed, values)
-            else:
-                claimed = await self._claim_one_by_one(conn, oldest.limit(limit), lapsed, values)
+                return await self._claim_skipping_locked(conn, oldest.limit(limit), lapsed, values)
+            return await self._claim_one_by_one(conn, oldest.limit(limit), lapsed, values)
+
+        claimed = await self._db.write(claim)
         return sorted(claimed, key=lambda run: (run.lease_expires_at or now, run.id))
 
     @staticmethod
@@ -274,9 +346,9 @@ class SqlAlchemyRunRepository:
             return []
         return [_run(row) for row in await conn.execute(select(runs).where(runs.c.id.in_(claimed)))]
 
-    async def _one(self, *where: Any) -> Run | None:
+    async def _one(self, query: Any, user_id: str, key: str) -> Run | None:
         async with self._db.reading() as conn:
-            row = (await conn.execute(select(runs).where(*where))).first()
+            row = (await conn.execute(query, {"user_id": user_id, "key": key})).first()
         return None if row is None else _run(row)
 
 
@@ -285,10 +357,12 @@ class SqlAlchemyNoteRepository:
         self._db = db
 
     async def add(self, note: Note) -> None:
-        async with self._db.writing() as conn:
-            await conn.execute(insert(notes).values(
-                id=note.id, user_id=note.user_id, text=note.text, created_at=note.created_at,
-            ))
+        row = {"id": note.id, "user_id": note.user_id, "text": note.text, "created_at": note.created_at}
+
+        async def add_note(conn: SqlConnection) -> None:
+            await conn.execute(insert(notes), row)
+
+        await self._db.write(add_note)
 
     async def search(self, user_id: str, query: str, limit: int = 5) -> Sequence[Note]:
         """Notes holding the most of the query's words, newest first; no words: the newest."""

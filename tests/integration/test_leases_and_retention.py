@@ -149,9 +149,9 @@ async def test_last_seq_counts_appends_not_yet_stored(db: Database) -> None:
         gate = asyncio.Event()
         insert = log._insert
 
-        async def held_insert(rows: list[dict[str, Any]]) -> None:
+        async def held_insert(conn: Any, rows: list[dict[str, Any]]) -> None:
             await gate.wait()
-            await insert(rows)
+            await insert(conn, rows)
 
         log._insert = held_insert  # type: ignore[method-assign]
         appends = [asyncio.create_task(log.append(event("run_1", seq, at(seq))))

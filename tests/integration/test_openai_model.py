@@ -168,8 +168,10 @@ async def test_the_agent_loop_calls_the_calculator_and_sends_back_its_result(
         return event
 
     state = RunState(conversation=[ChatMessage(role="user", content="What is 17 * 23?")])
+    emitter = RunEventEmitter(context, publish, clock)
     answer = await run_agent(context=context, model=make_model(), toolbox=toolbox,
-                             emitter=RunEventEmitter(context, publish, clock), state=state, max_steps=4)
+                             emitter=emitter, state=state, max_steps=4)
+    await emitter.confirm()
 
     assert answer == "17 * 23 is 391."
     [completed] = [e for e in events if e.type == EventType.TOOL_COMPLETED]

@@ -38,9 +38,10 @@ class Fakes:
 
 @pytest.fixture
 def fakes() -> Fakes:
+    threads, messages = InMemoryThreadRepository(), InMemoryMessageRepository()
     return Fakes(clock=FixedClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC)), events=InMemoryEventLog(),
-                 audit=InMemoryAuditLog(), threads=InMemoryThreadRepository(),
-                 messages=InMemoryMessageRepository(), runs=InMemoryRunRepository(),
+                 audit=InMemoryAuditLog(), threads=threads, messages=messages,
+                 runs=InMemoryRunRepository(threads, messages),
                  notes=InMemoryNoteRepository(), users=InMemoryUserRepository())
 
 

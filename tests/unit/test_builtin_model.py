@@ -37,9 +37,12 @@ class Harness:
         context = UserExecutionContext(user_id=user_id, thread_id="t_1", run_id="r_1",
                                        request_id="req_1", created_at=NOW)
         state = RunState(conversation=[*history, ChatMessage(role="user", content=message)])
-        return await run_agent(context=context, model=self.model, toolbox=self.toolbox,
-                               emitter=RunEventEmitter(context, self._publish, self.clock),
-                               state=state, max_steps=4)
+        emitter = RunEventEmitter(context, self._publish, self.clock)
+        try:
+            return await run_agent(context=context, model=self.model, toolbox=self.toolbox,
+                                   emitter=emitter, state=state, max_steps=4)
+        finally:
+            await emitter.confirm()  # events are pipelined: wait until all are published
 
     def types(self) -> list[EventType]:
         """Event types with repeats collapsed: the loop and the model may both say 'thinking'."""

@@ -1,0 +1,153 @@
+"""GroupCommitter: the hot-path writes of this process share transactions, one writer task commits them.
+
+A run writes a handful of rows (its run, its message, its events, its end, audit entries). In
+one transaction each, 100 concurrent users meant thousands of commits a second queued on
+SQLite's one writer. Here every write is a piece of work queued to one task, which runs all
+the work queued meanwhile in one transaction and commits once: the more load, the larger the
+batch, the fewer the commits (docs/performance.md has the measurements).
+
+Participants (the event log, the audit log) stage rows during the batch and write them all with
+one statement before the commit (`before_commit`), forget them if the batch rolls back
+(`discard`), and act once it is durable (`after_commit`, e.g. fan the stored events out).
+
+A failing piece of work (a unique constraint, say) must not fail the others that shared its
+transaction: the batch is rolled back and each piece is run again in a transaction of its own,
+so the failure reaches only its own caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TypeVar
+
+from loguru import logger
+
+from adapters.persistence.connection import SqlConnection
+
+T = TypeVar("T")
+Work = Callable[[SqlConnection], Awaitable[T]]
+MAX_BATCH = 1000
+
+# A flush travels the queue as an item without work: resolved once everything before it is done.
+_Item = tuple[Work[Any] | None, "asyncio.Future[Any]"]
+
+
+class BatchParticipant(Protocol):
+    async def before_commit(self, conn: SqlConnection) -> None: ...
+
+    def discard(self) -> None: ...
+
+    async def after_commit(self) -> None: ...
+
+
+class GroupCommitter:
+    def __init__(
+        self, transaction: Callable[[], AbstractAsyncContextManager[SqlConnection]], *,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        self._transaction_of = transaction
+        self._max_batch = max_batch
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._participants: list[BatchParticipant] = []
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.batches = 0
+        self.works = 0
+
+    def join(self, participant: BatchParticipant) -> None:
+        self._participants.append(participant)
+
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._write_forever(), name="group-committer")
+
+    async def stop(self) -> None:
+        """Commits everything submitted so far, then stops the writer."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._stopping = True
+            self._wakeup.set()
+            await task
+
+    def submit(self, work: Work[T]) -> asyncio.Future[T]:
+        """Queue `work`; the future holds its result once its transaction committed."""
+        return self._enqueue(work)
+
+    def _enqueue(self, work: Work[Any] | None) -> asyncio.Future[Any]:
+        if self._task is None:
+            raise RuntimeError("the group committer is not started")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((work, future))
+        self._wakeup.set()
+        return future
+
+    async def flush(self) -> None:
+        """Returns once everything submitted before the call is committed (or failed)."""
+        if self._task is not None:
+            await asyncio.shield(self._enqueue(None))
+
+    async def _write_forever(self) -> None:
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            taken = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+            batch = [item for item in taken if item[0] is not None]
+            try:
+                if batch:
+                    await self._commit(batch)
+            except asyncio.CancelledError:
+                for _, future in taken:
+                    future.cancel()
+                raise
+            for work, future in taken:
+                if work is None and not future.done():
+                    future.set_result(None)
+
+    async def _commit(self, batch: list[_Item]) -> None:
+        try:
+            results = await self._transaction(batch)
+        except Exception as exc:
+            if len(batch) > 1:
+                for item in batch:
+                    await self._commit([item])
+            else:
+                _, future = batch[0]
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.batches += 1
+        self.works += len(batch)
+        for participant in self._participants:
+            try:
+                await participant.after_commit()
+            except Exception:
+                logger.exception("after-commit step of {} failed", type(participant).__name__)
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def _transaction(self, batch: list[_Item]) -> list[Any]:
+        try:
+            async with self._transaction_of() as conn:
+                results = [await work(conn) for work, _ in batch if work is not None]
+                for participant in self._participants:
+                    await participant.before_commit(conn)
+        except BaseException:
+            for participant in self._participants:
+                participant.discard()
+            raise
+        return results
+

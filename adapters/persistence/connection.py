@@ -1,0 +1,43 @@
+"""The connection repositories see: AsyncConnection on PostgreSQL, InlineConnection on SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect, Result
+
+T = TypeVar("T")
+
+
+class SqlConnection(Protocol):
+    """What repositories use of a connection: AsyncConnection (PostgreSQL) or InlineConnection."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Result[Any]: ...
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+
+class InlineConnection:
+    """An SQLAlchemy Connection with AsyncConnection's calling convention; never suspends."""
+
+    __slots__ = ("_sync",)
+
+    def __init__(self, sync: Connection) -> None:
+        self._sync = sync
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._sync.dialect
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Result[Any]:
+        return self._sync.execute(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(self._sync, *args)
+
+
