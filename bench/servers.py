@@ -100,7 +100,9 @@ def http_server(cmd: list[str], env: dict[str, str], cwd: Path, ready_path: str,
 def golden_env(run_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """SQLite in run_dir, the builtin model without pauses, cheap argon2, limits out of the way:
     one socket and one run at a time per user is far below the per-user limits, and
-    MAX_ENGINES_TOTAL and the message rate are raised so that no row is refused."""
+    MAX_ENGINES_TOTAL, the message rate and the per-socket frame pace (50 frames/s by default,
+    which alone would cap a one-user row at 50 runs/s) are raised so that no row is refused or
+    paced."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOLDENPATH_")}
     env.update({
         "GOLDENPATH_DATABASE__URL": f"sqlite:///{run_dir}/bench.db",
@@ -110,6 +112,7 @@ def golden_env(run_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
         "GOLDENPATH_AUTH__ARGON2_MEMORY_KIB": "1024",
         "GOLDENPATH_AUTH__ARGON2_PARALLELISM": "1",
         "GOLDENPATH_SECURITY__MESSAGES_PER_MINUTE": "1000000",
+        "GOLDENPATH_SECURITY__WS_FRAMES_PER_S": "1000000",
         "GOLDENPATH_LIMITS__MAX_PENDING_RUNS_PER_USER": "1000",
         "GOLDENPATH_LIMITS__MAX_ENGINES_TOTAL": "10000",
         "GOLDENPATH_LOG__LEVEL": "WARNING",

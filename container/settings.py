@@ -77,6 +77,9 @@ class SecuritySettings(BaseModel):
                                        "X-Forwarded-For is believed")
     max_sockets_per_user: int = Field(8, ge=1)
     messages_per_minute: int = Field(30, ge=1)
+    ws_frames_per_s: float = Field(50.0, gt=0, description="frames one socket may send per second "
+                                   "after its burst; faster ones are read later, not dropped")
+    ws_frame_burst: int = Field(100, ge=1)
 
 
 class LogSettings(BaseModel):

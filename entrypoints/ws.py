@@ -24,22 +24,22 @@ CLOSE_POLICY = 1008
 FIRST_FRAME_PATIENCE_S = 0.5
 # Frames one socket may send: a burst of this many, then this many a second. Faster, the server reads
 # the socket more slowly (TCP pushes back on the sender): a flood costs the server next to nothing.
-FRAME_BURST = 100
-FRAMES_PER_S = 50.0
 
 
 class _FrameThrottle:
     """A token bucket per socket: how long to wait before reading its next frame."""
 
-    def __init__(self) -> None:
-        self._tokens = float(FRAME_BURST)
+    def __init__(self, per_s: float, burst: int) -> None:
+        self._per_s = per_s
+        self._burst = float(burst)
+        self._tokens = self._burst
         self._at = time.monotonic()
 
     def delay(self) -> float:
         now = time.monotonic()
-        self._tokens = min(float(FRAME_BURST), self._tokens + (now - self._at) * FRAMES_PER_S) - 1
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._per_s) - 1
         self._at = now
-        return max(0.0, -self._tokens / FRAMES_PER_S)
+        return max(0.0, -self._tokens / self._per_s)
 
 
 async def _token_from_first_frame(ws: web.WebSocketResponse, timeout_s: float) -> str | None:
@@ -103,7 +103,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     dispatcher = FrameDispatcher(chat=found.chat, conversations=found.conversations,
                                  connection=connection,
                                  request_id=request_id_of(request))
-    throttle = _FrameThrottle()
+    throttle = _FrameThrottle(security.ws_frames_per_s, security.ws_frame_burst)
     with logger.contextualize(user_id=user.id, connection_id=connection.connection_id):
         try:
             async for msg in ws:
