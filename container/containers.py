@@ -43,7 +43,8 @@ BatchWriter = TypeVar("BatchWriter", SqlAlchemyEventLog, SqlAlchemyAuditLog)
 
 async def _database(settings: Settings) -> AsyncIterator[Database]:
     """The engine connects lazily; migrations run at boot (entrypoints.app) or by `goldenpath migrate`."""
-    database = Database(settings.database.url, echo=settings.database.echo)
+    database = Database(settings.database.url, echo=settings.database.echo,
+                        pool_size=settings.database.pool_size)
     try:
         yield database
     finally:

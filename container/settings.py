@@ -26,6 +26,8 @@ class ServerSettings(BaseModel):
 class DatabaseSettings(BaseModel):
     url: str = "sqlite:///var/goldenpath.db"
     migrate_on_start: bool = True
+    pool_size: int = Field(20, ge=1, description="PostgreSQL connections per process; "
+                           "past it, queries wait for one")
     echo: bool = False
 
 

@@ -9,12 +9,14 @@ from functools import partial
 from loguru import logger
 from sqlalchemy import insert, select
 
-from adapters.persistence.connection import SqlConnection
+from adapters.persistence.committer import Transaction
 from adapters.persistence.database import Database
 from adapters.persistence.tables import audit_log
 from domain.model import AuditAction, AuditEntry
 
 MAX_QUEUED = 10_000
+AUDIT_RANK = 9  # after the rows the entries mention
+_INSERT_AUDIT = insert(audit_log)
 
 
 class SqlAlchemyAuditLog:
@@ -68,13 +70,13 @@ class SqlAlchemyAuditLog:
                 for row in rows
             ]
 
-    async def _insert(self, batch: list[AuditEntry], conn: SqlConnection) -> None:
+    async def _insert(self, batch: list[AuditEntry], tx: Transaction) -> None:
         if batch is self._batch:
             self._batch = None  # entries recorded from now on go in the next batch
-        rows = [{"user_id": e.user_id, "action": AuditAction(e.action).value, "run_id": e.run_id,
-                 "outcome": e.outcome, "detail": e.detail, "at": e.at} for e in batch]
-        if rows:
-            await conn.execute(insert(audit_log), rows)
+        for e in batch:
+            tx.stage(_INSERT_AUDIT, {"user_id": e.user_id, "action": AuditAction(e.action).value,
+                                     "run_id": e.run_id, "outcome": e.outcome, "detail": e.detail,
+                                     "at": e.at}, rank=AUDIT_RANK)
 
 
 def _report(written: asyncio.Future[None]) -> None:

@@ -6,7 +6,8 @@ SQLite's one writer. Here every write is a piece of work queued to one task, whi
 the work queued meanwhile in one transaction and commits once: the more load, the larger the
 batch, the fewer the commits (docs/performance.md has the measurements).
 
-Participants (the event log, the audit log) stage rows during the batch and write them all with
+Pieces of work stage their rows (`Transaction.stage`): a statement staged by many pieces runs
+once with all their rows. Participants (the event log) stage rows during the batch and write them all with
 one statement before the commit (`before_commit`), forget them if the batch rolls back
 (`discard`), and act once it is durable (`after_commit`, e.g. fan the stored events out).
 
@@ -24,15 +25,59 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 from loguru import logger
+from sqlalchemy.engine import Dialect, Result
 
 from adapters.persistence.connection import SqlConnection
 
 T = TypeVar("T")
-Work = Callable[[SqlConnection], Awaitable[T]]
+Work = Callable[["Transaction"], Awaitable[T]]
 MAX_BATCH = 1000
 
 # A flush travels the queue as an item without work: resolved once everything before it is done.
 _Item = tuple[Work[Any] | None, "asyncio.Future[Any]"]
+
+
+class Transaction:
+    """A batch's transaction as its pieces of work see it: statements run now, or are staged.
+
+    `stage` queues a row for a statement; at the end of the batch (or before the next statement
+    that runs now, so the order of effects holds) each staged statement runs once with all its
+    rows (executemany), in `rank` order (a table's rank after the tables it references), so
+    100 runs' messages cost one INSERT and, on PostgreSQL, one round trip.
+    """
+
+    __slots__ = ("_conn", "_staged")
+
+    def __init__(self, conn: SqlConnection) -> None:
+        self._conn = conn
+        self._staged: dict[tuple[int, int], tuple[Any, list[dict[str, Any]]]] = {}
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._conn.dialect
+
+    def stage(self, statement: Any, row: dict[str, Any], *, rank: int) -> None:
+        key = (rank, id(statement))
+        staged = self._staged.get(key)
+        if staged is None:
+            self._staged[key] = (statement, [row])
+        else:
+            staged[1].append(row)
+
+    async def flush(self) -> None:
+        if self._staged:
+            staged, self._staged = self._staged, {}
+            for key in sorted(staged, key=lambda key: key[0]):  # stable: equal ranks keep their order
+                statement, rows = staged[key]
+                await self._conn.execute(statement, rows)
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Result[Any]:
+        await self.flush()
+        return await self._conn.execute(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        await self.flush()
+        return await self._conn.run_sync(fn, *args)
 
 
 class BatchParticipant(Protocol):
@@ -142,9 +187,11 @@ class GroupCommitter:
     async def _transaction(self, batch: list[_Item]) -> list[Any]:
         try:
             async with self._transaction_of() as conn:
-                results = [await work(conn) for work, _ in batch if work is not None]
+                tx = Transaction(conn)
+                results = [await work(tx) for work, _ in batch if work is not None]
+                await tx.flush()
                 for participant in self._participants:
-                    await participant.before_commit(conn)
+                    await participant.before_commit(tx)
         except BaseException:
             for participant in self._participants:
                 participant.discard()

@@ -8,9 +8,10 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from adapters.persistence.committer import Transaction
 from adapters.persistence.connection import SqlConnection
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import delete_thread_events
@@ -45,6 +46,7 @@ def search_words(query: str) -> list[str]:
 _INSERT_THREAD = insert(threads)
 _INSERT_MESSAGE = insert(messages)
 _INSERT_RUN = insert(runs)
+_INSERT_NOTE = insert(notes)
 _TOUCH_THREAD = (update(threads).where(threads.c.id == bindparam("thread_id"))
                  .values(updated_at=bindparam("at")))
 _THREAD_OF_USER = select(threads).where(threads.c.id == bindparam("thread_id"),
@@ -59,30 +61,36 @@ _RUN_BY_CLIENT_MESSAGE_ID = select(runs).where(runs.c.user_id == bindparam("user
 _COUNT_UNFINISHED = (select(func.count()).select_from(runs)
                      .where(runs.c.user_id == bindparam("user_id"), runs.c.status.in_(_UNFINISHED)))
 # Guarded: a final status is never overwritten. finished_at and error change only when given.
+# Not status.in_(): an expanding IN cannot run as executemany, and this statement is staged.
 _SET_STATUS = (update(runs)
-               .where(runs.c.id == bindparam("run_id"), runs.c.status.in_(_UNFINISHED))
+               .where(runs.c.id == bindparam("run_id"),
+                      or_(*(runs.c.status == status for status in _UNFINISHED)))
                .values(status=bindparam("new_status"),
                        finished_at=func.coalesce(bindparam("new_finished_at"), runs.c.finished_at),
                        error=func.coalesce(bindparam("new_error"), runs.c.error)))
 
 
-async def _insert_thread(thread: Thread, conn: SqlConnection) -> None:
-    await conn.execute(_INSERT_THREAD, {
+# Staged statements run in rank order: a table after the tables its rows reference.
+_THREADS, _RUNS, _MESSAGES, _UPDATES = range(4)
+
+
+async def _insert_thread(thread: Thread, tx: Transaction) -> None:
+    tx.stage(_INSERT_THREAD, rank=_THREADS, row={
         "id": thread.id, "user_id": thread.user_id, "title": thread.title,
         "created_at": thread.created_at, "updated_at": thread.updated_at,
     })
 
 
-async def _insert_message(message: Message, conn: SqlConnection) -> None:
-    await conn.execute(_INSERT_MESSAGE, {
+async def _insert_message(message: Message, tx: Transaction) -> None:
+    tx.stage(_INSERT_MESSAGE, rank=_MESSAGES, row={
         "id": message.id, "thread_id": message.thread_id, "user_id": message.user_id,
         "role": message.role.value, "text": message.text, "run_id": message.run_id,
         "created_at": message.created_at,
     })
 
 
-async def _touch_thread(thread_id: str, at: datetime, conn: SqlConnection) -> None:
-    await conn.execute(_TOUCH_THREAD, {"thread_id": thread_id, "at": at})
+async def _touch_thread(thread_id: str, at: datetime, tx: Transaction) -> None:
+    tx.stage(_TOUCH_THREAD, {"thread_id": thread_id, "at": at}, rank=_UPDATES)
 
 
 def _run_row(run: Run) -> dict[str, Any]:
@@ -93,9 +101,10 @@ def _run_row(run: Run) -> dict[str, Any]:
 
 
 async def _set_status(run_id: str, status: RunStatus, finished_at: datetime | None, error: str | None,
-                      conn: SqlConnection) -> None:
-    await conn.execute(_SET_STATUS, {"run_id": run_id, "new_status": status.value,
-                                     "new_finished_at": finished_at, "new_error": error})
+                      tx: Transaction) -> None:
+    """Staged: a batch's status changes run as one UPDATE, in the order they were made."""
+    tx.stage(_SET_STATUS, {"run_id": run_id, "new_status": status.value,
+                           "new_finished_at": finished_at, "new_error": error}, rank=_UPDATES)
 
 
 
@@ -232,14 +241,14 @@ class SqlAlchemyRunRepository:
         client_message_id exists already (nothing is stored then).
         """
 
-        async def add_run(conn: SqlConnection) -> None:
+        async def add_run(tx: Transaction) -> None:
             if new_thread is not None:
-                await _insert_thread(new_thread, conn)
-            await conn.execute(_INSERT_RUN, _run_row(run))
+                await _insert_thread(new_thread, tx)
+            tx.stage(_INSERT_RUN, _run_row(run), rank=_RUNS)
             if message is not None:
-                await _insert_message(message, conn)
+                await _insert_message(message, tx)
                 if new_thread is None:
-                    await _touch_thread(run.thread_id, message.created_at, conn)
+                    await _touch_thread(run.thread_id, message.created_at, tx)
 
         try:
             await self._db.write(add_run)
@@ -275,11 +284,11 @@ class SqlAlchemyRunRepository:
         the run meanwhile (the user saw it streamed).
         """
 
-        async def finish_run(conn: SqlConnection) -> None:
+        async def finish_run(tx: Transaction) -> None:
             if answer is not None:
-                await _insert_message(answer, conn)
-                await _touch_thread(answer.thread_id, answer.created_at, conn)
-            await _set_status(run_id, status, finished_at, error, conn)
+                await _insert_message(answer, tx)
+                await _touch_thread(answer.thread_id, answer.created_at, tx)
+            await _set_status(run_id, status, finished_at, error, tx)
 
         await self._db.write(finish_run)
 
@@ -359,8 +368,8 @@ class SqlAlchemyNoteRepository:
     async def add(self, note: Note) -> None:
         row = {"id": note.id, "user_id": note.user_id, "text": note.text, "created_at": note.created_at}
 
-        async def add_note(conn: SqlConnection) -> None:
-            await conn.execute(insert(notes), row)
+        async def add_note(tx: Transaction) -> None:
+            tx.stage(_INSERT_NOTE, row, rank=_THREADS)  # references users only
 
         await self._db.write(add_note)
 
