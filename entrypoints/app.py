@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -20,7 +21,7 @@ from entrypoints.metrics import install_metrics
 from entrypoints.middlewares import authentication, errors, request_ids, security_headers
 from entrypoints.openapi import openapi
 from entrypoints.sse import run_events
-from entrypoints.ws import websocket
+from entrypoints.ws import close_revoked_sockets, websocket
 
 STATIC = Path(__file__).parent / "static"
 CLOSE_GOING_AWAY = 1001
@@ -48,7 +49,8 @@ async def _boot(app: web.Application) -> None:
         bridge=bridge,
         control=container.run_control(),  # depends on no async resource: a plain object
     )
-    await app[LIFECYCLE].services.control.start(app[LIFECYCLE].services.chat.cancel_local)
+    await app[LIFECYCLE].services.control.start(app[LIFECYCLE].services.chat.cancel_local,
+                                                partial(close_revoked_sockets, bridge))
     housekeeper = await container.housekeeper()
     await housekeeper.tick()  # fail what a crashed predecessor left running before taking new runs
     app[LIFECYCLE].housekeeping = asyncio.create_task(housekeeper.run_forever(), name="housekeeping")

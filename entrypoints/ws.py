@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from aiohttp import WSMsgType, web
 from loguru import logger
 
+from adapters.bridge import AgentWebSocketBridge
 from adapters.websocket import SocketConnection
 from domain.errors import Unauthorized
 from entrypoints.appkeys import LIFECYCLE, SETTINGS, services
@@ -124,6 +125,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             found.bridge.unregister(connection)
             await connection.close()
     return ws
+
+
+def close_revoked_sockets(bridge: AgentWebSocketBridge, user_id: str, reason: str) -> None:
+    """The user's sockets on this process close with 4401: the tokens that opened them are revoked."""
+    for connection in bridge.connections_of(user_id):
+        if isinstance(connection, SocketConnection) and not connection.closing:
+            connection.close_soon(CLOSE_UNAUTHORIZED, reason)
 
 
 def _close_when_expired(connection: SocketConnection, expires_at: datetime) -> asyncio.TimerHandle:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from adapters.websocket import SocketConnection
 from domain.events import EventType
 from domain.ports import IssuedToken
-from entrypoints.appkeys import LIFECYCLE, USER, Services, services
+from entrypoints.appkeys import LIFECYCLE, USER, services
 from entrypoints.http.bodies import read_body
 from entrypoints.http.schemas import ChatMessageBody, Credentials, PasswordChangeBody
 from entrypoints.http.views import message_view, run_view, thread_view
 from entrypoints.middlewares import request_id_of
 
 routes = web.RouteTableDef()
-
-CLOSE_UNAUTHORIZED = 4401  # as entrypoints.ws: the socket's token no longer holds
 
 
 def _user_id(request: web.Request) -> str:
@@ -26,13 +23,6 @@ def _token_response(token: IssuedToken) -> web.Response:
     return web.json_response(
         {"access_token": token.access_token, "token_type": "bearer", "expires_in": token.expires_in}
     )
-
-
-def _close_sockets(found: Services, user_id: str, reason: str) -> None:
-    """Close the user's sockets on this process with 4401: the tokens that opened them are revoked."""
-    for connection in found.bridge.connections_of(user_id):
-        if isinstance(connection, SocketConnection):
-            connection.close_soon(CLOSE_UNAUTHORIZED, reason)
 
 
 @routes.post("/api/auth/register")
@@ -53,7 +43,7 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     found = services(request.app)
     await found.auth.logout(request[USER])
-    _close_sockets(found, _user_id(request), "logged out: log in again")
+    await found.control.revoke_sessions(_user_id(request), "logged out: log in again")
     return web.Response(status=204)
 
 
@@ -62,7 +52,7 @@ async def change_password(request: web.Request) -> web.Response:
     body = await read_body(request, PasswordChangeBody, invalid_code="validation_error")
     found = services(request.app)
     token = await found.auth.change_password(request[USER], body.current_password, body.new_password)
-    _close_sockets(found, _user_id(request), "password changed: log in again")
+    await found.control.revoke_sessions(_user_id(request), "password changed: log in again")
     return _token_response(token)
 
 

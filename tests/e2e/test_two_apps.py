@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+import websockets
 
 from tests.e2e.client import TERMINAL, Server, User, recv, register, until_ready
 
@@ -82,3 +84,22 @@ async def test_per_user_limits_hold_across_processes(make_server, shared) -> Non
         assert status == 202
     status, body = await on(b, user).http("POST", "/api/chat/message", json={"message": "third"})
     assert status == 429 and body["error"]["code"] == "limit_exceeded"
+
+
+async def test_a_logout_on_b_closes_the_users_sockets_on_a(make_server, shared) -> None:
+    """Revocation reaches every process: an open socket elsewhere does not outlive a logout."""
+    a: Server = await make_server(**shared)
+    b: Server = await make_server(**shared)
+    user, bystander = await register(a), await register(a)
+    async with on(a, user).connect() as mine, on(a, bystander).connect() as theirs:
+        await until_ready(mine)
+        await until_ready(theirs)
+        status, _ = await on(b, user).http("POST", "/api/auth/logout")
+        assert status == 204
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                while True:
+                    await mine.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+        await theirs.send(json.dumps({"type": "ping"}))
+        assert (await recv(theirs))["type"] == "pong"  # another user's socket is not touched
