@@ -8,22 +8,26 @@ import getpass
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from aiohttp import web
-from loguru import logger
 from pydantic import ValidationError
 
-from container import Container
-from container.lifecycle import start_resources
-from container.logging import configure_logging
 from domain.errors import DomainError
 from entrypoints import chat_client
 
+if TYPE_CHECKING:
+    from container import Container
+
 T = TypeVar("T")
+
+# The server's modules (the container, SQLAlchemy, the model clients, ...) are imported by the
+# commands that need them, not here: `goldenpath chat` starts in a fraction of a second.
 
 
 def _container() -> Container:
+    from container import Container
+    from container.logging import configure_logging
+
     container = Container()
     settings = container.settings()
     configure_logging(settings.log, production=settings.env == "production")
@@ -31,6 +35,8 @@ def _container() -> Container:
 
 
 async def _with_resources(container: Container, work: Callable[[Container], Awaitable[T]]) -> T:
+    from container.lifecycle import start_resources
+
     await start_resources(container)
     try:
         return await work(container)
@@ -48,6 +54,9 @@ def serve(args: argparse.Namespace) -> int:
 
 async def _serve(container: Container, host: str, port: int) -> int:
     """Listen at once, boot in the background, stop cleanly on SIGTERM or SIGINT."""
+    from aiohttp import web
+    from loguru import logger
+
     from entrypoints.app import create_app, wait_ready
 
     app = create_app(container)
