@@ -139,4 +139,8 @@ async def ready(request: web.Request) -> web.Response:
     if lifecycle.ready and not lifecycle.draining:
         return web.json_response({"status": "ready"})
     state = "draining" if lifecycle.draining else "starting"
-    return web.json_response({"status": state}, status=503)
+    message = ("The server is shutting down; use another one." if lifecycle.draining
+               else "The server is starting; try again in a moment.")
+    # The error form every 503 has, and the state for a load balancer or a person reading it.
+    return web.json_response({"status": state, "error": {"code": "server_not_ready", "message": message}},
+                             status=503)

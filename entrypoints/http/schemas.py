@@ -163,7 +163,7 @@ class Health(_Reply):
 
 
 class Readiness(_Reply):
-    status: Literal["ready", "starting", "draining"]
+    status: Literal["ready"]
 
 
 class ErrorDetail(_Reply):
@@ -172,6 +172,11 @@ class ErrorDetail(_Reply):
 
 
 class ErrorBody(_Reply):
+    error: ErrorDetail
+
+
+class NotReady(_Reply):
+    status: Literal["starting", "draining"]
     error: ErrorDetail
 
 

@@ -318,7 +318,9 @@ async def test_sigterm_while_booting_exits_cleanly(procs: ProcessHarness) -> Non
                 while proxy.held == 0:  # the boot is now waiting for the database
                     await asyncio.sleep(0.01)
             answers = await poll(server.base_url + "/ready", "", time.monotonic() + 1)
-            assert answers[0] == (503, {"status": "starting"})
+            status, body = answers[0]
+            assert status == 503 and body["status"] == "starting"
+            assert body["error"]["code"] == "server_not_ready" and body["error"]["message"]
             server.terminate()
             signalled = time.monotonic()
             assert await server.wait_exit(10) == 0
