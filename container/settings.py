@@ -20,6 +20,8 @@ class ServerSettings(BaseModel):
     ws_heartbeat_s: float = Field(20.0, gt=0)
     ws_max_frame_bytes: int = Field(64 * 1024, ge=1024)
     ws_send_queue: int = Field(1024, ge=16)
+    sse_keepalive_s: float = Field(15.0, gt=0, description="an idle SSE or AG-UI stream sends a "
+                                   "comment this often, and checks whether its run ended meanwhile")
     max_body_bytes: int = Field(256 * 1024, ge=1024)
 
 

@@ -52,7 +52,6 @@ from entrypoints.http.bodies import read_body
 from entrypoints.middlewares import request_id_of
 from entrypoints.run_stream import RunEventStream
 
-KEEPALIVE_S = 15.0
 MAX_ID_CHARS = 128
 META = "goldenpath"  # our key in an event's metadata ("ag-ui" is reserved for the protocol)
 
@@ -324,8 +323,9 @@ class _Pump:
     """Writes one run's events to the response: the log first, then live, filling gaps from the log."""
 
     def __init__(self, found: Services, user_id: str, run_id: str, stream: RunEventStream,
-                 translator: AguiTranslator, response: web.StreamResponse) -> None:
+                 translator: AguiTranslator, response: web.StreamResponse, keepalive_s: float) -> None:
         self._found = found
+        self._keepalive_s = keepalive_s
         self._user_id = user_id
         self._run_id = run_id
         self._stream = stream
@@ -358,7 +358,7 @@ class _Pump:
                 await self._catch_up()
                 continue
             try:
-                async with asyncio.timeout(KEEPALIVE_S):
+                async with asyncio.timeout(self._keepalive_s):
                     envelope = await self._stream.queue.get()
             except TimeoutError:
                 await self._response.write(b": keepalive\n\n")
@@ -392,7 +392,8 @@ async def agui_run(request: web.Request) -> web.StreamResponse:
     text = _user_text(body)
     found = services(request.app)
     user_id = request[USER].id
-    stream = RunEventStream(user_id, request.app[SETTINGS].server.ws_send_queue, prefix="agui")
+    server = request.app[SETTINGS].server
+    stream = RunEventStream(user_id, server.ws_send_queue, prefix="agui")
     found.bridge.register(stream)  # before submitting: the run's first event cannot slip past
     try:
         run = (await _submit(found, request, body, text)).run
@@ -405,7 +406,7 @@ async def agui_run(request: web.Request) -> web.StreamResponse:
         translator = AguiTranslator(thread_id=run.thread_id, run_id=body.run_id, our_run_id=run.id,
                                     new_thread=run.thread_id != body.thread_id,
                                     started_at=int(run.created_at.timestamp() * 1000))
-        pump = _Pump(found, user_id, run.id, stream, translator, response)
+        pump = _Pump(found, user_id, run.id, stream, translator, response, server.sse_keepalive_s)
         try:
             await pump.write([translator.started()])
             await pump.run()

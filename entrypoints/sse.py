@@ -14,8 +14,6 @@ from entrypoints.appkeys import SETTINGS, USER, Services, services
 from entrypoints.errors import ApiError
 from entrypoints.run_stream import RunEventStream
 
-KEEPALIVE_S = 15.0
-
 
 def _last_event_id(request: web.Request) -> int:
     raw = request.headers.get("Last-Event-ID", "0").strip() or "0"
@@ -32,8 +30,8 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     found = services(request.app)
     user_id, run_id = request[USER].id, request.match_info["run_id"]
     after = _last_event_id(request)
-    stream = RunEventStream(user_id, request.app[SETTINGS].server.ws_send_queue, run_id=run_id,
-                            prefix="sse")
+    server = request.app[SETTINGS].server
+    stream = RunEventStream(user_id, server.ws_send_queue, run_id=run_id, prefix="sse")
     found.bridge.register(stream)  # before reading the log, so nothing falls between the two
     try:
         stored = await found.conversations.run_events(user_id, run_id, after)
@@ -43,7 +41,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         # A client that goes away ends its stream; the run goes on without it.
         with contextlib.suppress(ConnectionResetError):
-            await _follow(response, stream, map(envelope_of, stored), after,
+            await _follow(response, stream, map(envelope_of, stored), after, server.sse_keepalive_s,
                           ended=lambda: _has_ended(found, user_id, run_id))
         return response
     finally:
@@ -55,7 +53,7 @@ async def _has_ended(found: Services, user_id: str, run_id: str) -> bool:
 
 
 async def _follow(response: web.StreamResponse, stream: RunEventStream, stored: Iterable[Envelope],
-                  after: int, ended: Callable[[], Awaitable[bool]]) -> None:
+                  after: int, keepalive_s: float, ended: Callable[[], Awaitable[bool]]) -> None:
     """Stored events after `after`, then live ones, until the terminal event."""
     last = after
     for envelope in stored:
@@ -67,7 +65,7 @@ async def _follow(response: web.StreamResponse, stream: RunEventStream, stored: 
         return  # the client had everything already, the terminal event included
     while not stream.overflowed:
         try:
-            async with asyncio.timeout(KEEPALIVE_S):
+            async with asyncio.timeout(keepalive_s):
                 envelope = await stream.queue.get()
         except TimeoutError:
             await response.write(b": keepalive\n\n")

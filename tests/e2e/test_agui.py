@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from ag_ui.core import BaseEvent, Event, EventType
+from dependency_injector import providers
 from pydantic import TypeAdapter
 
+from adapters.bridge import AgentWebSocketBridge
 from adapters.event_bus import Envelope
+from container import Container
+from domain.conversations import ConversationService
 from domain.errors import ModelError
-from entrypoints import agui
 from entrypoints.appkeys import services
+from entrypoints.run_stream import RunEventStream
 from tests.e2e.client import Server, User, register
 from tests.fakes import ScriptedModel, answer
 from tests.overrides import replace_model
@@ -299,42 +304,66 @@ async def test_another_users_thread_id_starts_a_new_thread(server: Server) -> No
     assert len(alices["messages"]) == 2
 
 
+class LossyBridge(AgentWebSocketBridge):
+    """The one bridge, losing some of a run's live events on their way to AG-UI streams."""
+
+    def __init__(self, *, loss: str, **parts: Any) -> None:
+        super().__init__(**parts)
+        self._loss = loss
+        self.lost = 0
+
+    def deliver(self, envelope: Envelope) -> None:
+        for subscriber in self.connections_of(envelope.user_id):
+            if isinstance(subscriber, RunEventStream) and subscriber.run_id is not None \
+                    and self._lost(envelope):
+                if self._loss == "overflow":
+                    subscriber.overflowed = True  # what a full queue does
+                self.lost += 1
+                continue
+            subscriber.deliver(envelope)
+
+    def _lost(self, envelope: Envelope) -> bool:
+        if self._loss in {"terminal", "pruned"}:
+            return envelope.terminal
+        return envelope.seq % 3 == 0 and not envelope.terminal
+
+
+class TerminalPruned(ConversationService):
+    """The run's terminal event gone from the log too, as retention would have it."""
+
+    async def run_events(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return [e for e in await super().run_events(*args, **kwargs) if not e.type.is_terminal]
+
+
+def losing(loss: str, model: Any) -> Callable[[Container], None]:
+    def override(container: Container) -> None:
+        replace_model(model)(container)
+        container.bridge.override(providers.Singleton(
+            LossyBridge, loss=loss, event_log=container.event_log, bus=container.event_bus,
+            clock=container.clock))
+        if loss == "pruned":
+            container.conversation_service.override(providers.Singleton(
+                TerminalPruned, threads=container.threads, messages=container.messages,
+                runs=container.runs, events=container.event_log))
+
+    return override
+
+
 @pytest.mark.parametrize("loss", ["gap", "overflow", "terminal", "pruned"])
-async def test_live_events_the_stream_missed_are_read_from_the_log(make_server, monkeypatch, loss) -> None:
+async def test_live_events_the_stream_missed_are_read_from_the_log(make_server, loss) -> None:
     """A live event lost (a gap in seq, a full queue, the terminal itself): the log fills in.
     The terminal gone from the log too (pruned): the stream ends from the run's final status."""
-    deliver = agui.RunEventStream.deliver
-
-    def lossy(self: agui.RunEventStream, envelope: Envelope) -> bool:
-        if self.run_id is None:
-            return deliver(self, envelope)
-        if loss in {"terminal", "pruned"}:
-            lost = envelope.terminal
-        else:
-            lost = envelope.seq % 3 == 0 and not envelope.terminal
-        if not lost:
-            return deliver(self, envelope)
-        if loss == "overflow":
-            self.overflowed = True
-        return False
-
-    monkeypatch.setattr(agui.RunEventStream, "deliver", lossy)
-    monkeypatch.setattr(agui, "KEEPALIVE_S", 0.2)  # a lost terminal is looked for at each idle tick
     words = " ".join(f"w{i}" for i in range(60))
-    server: Server = await make_server(replace_model(ScriptedModel(answer(words), pause_s=0.01)))
-    if loss == "pruned":
-        conversations = services(server.app).conversations
-        read = conversations.run_events
-
-        async def without_terminal(*args: Any, **kwargs: Any) -> list[Any]:
-            return [e for e in await read(*args, **kwargs) if not e.type.is_terminal]
-
-        monkeypatch.setattr(conversations, "run_events", without_terminal)
+    # A lost terminal is looked for at each idle tick: a short keepalive keeps the test short.
+    server: Server = await make_server(losing(loss, ScriptedModel(answer(words), pause_s=0.01)),
+                                       server={"sse_keepalive_s": 0.2})
     user = await register(server)
     status, _, events = await post_agui(user, run_input("go"))
     assert status == 200
     assert_valid_order(events)
     assert answer_text(events) == words and events[-1].type is EventType.RUN_FINISHED
+    bridge = services(server.app).bridge
+    assert isinstance(bridge, LossyBridge) and bridge.lost > 0  # the stream really missed events
     if loss == "pruned":
         assert events[-1].result is None and events[-1].outcome is None
     else:
