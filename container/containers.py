@@ -24,6 +24,7 @@ from adapters.persistence.repositories import (
     SqlAlchemyUserRepository,
 )
 from adapters.redis_bus import RedisEventBus
+from adapters.redis_rate_limit import RedisMessageRateLimit
 from adapters.run_control import LocalRunControl, RedisRunControl
 from adapters.security.passwords import Argon2PasswordHasher
 from adapters.security.tokens import JwtTokenService
@@ -34,6 +35,7 @@ from domain.chat import ChatLimits, ChatService
 from domain.conversations import ConversationService
 from domain.factory import EngineLimits, ExecutionEngineFactory
 from domain.housekeeping import Housekeeper, LeasePolicy
+from domain.ports import Clock
 from domain.ratelimit import RateLimiter
 from domain.tools import ToolBox
 from domain.tools import builtin_tools as make_builtin_tools
@@ -120,6 +122,22 @@ def _process_id() -> str:
     return f"proc_{secrets.token_hex(6)}"
 
 
+async def _message_rate_limit(
+    settings: Settings, clock: Clock
+) -> AsyncIterator[RateLimiter | RedisMessageRateLimit]:
+    """Counted in this process with the in-process bus (one process); in Redis with the Redis bus."""
+    local = RateLimiter(per_minute=settings.security.messages_per_minute, clock=clock)
+    if settings.bus.backend != "redis":
+        yield local
+        return
+    shared = RedisMessageRateLimit(_redis_url(settings), settings.bus.channel,
+                                   per_minute=settings.security.messages_per_minute, fallback=local)
+    try:
+        yield shared
+    finally:
+        await shared.aclose()
+
+
 def _chat_limits(settings: Settings) -> ChatLimits:
     return ChatLimits(
         max_message_chars=settings.limits.max_message_chars,
@@ -200,9 +218,7 @@ class Container(containers.DeclarativeContainer):
     )
 
     # -- use cases
-    message_rate_limiter = providers.Singleton(
-        RateLimiter, per_minute=settings.provided.security.messages_per_minute, clock=clock
-    )
+    message_rate_limiter = providers.Resource(_message_rate_limit, settings, clock)
     auth_service = providers.Singleton(
         AuthService,
         users=users,

@@ -22,12 +22,13 @@ from domain.ports import (
     AuditLog,
     Clock,
     IdGenerator,
+    MessageRateLimit,
     MessageRepository,
     RunControl,
     RunRepository,
     ThreadRepository,
 )
-from domain.ratelimit import RateLimiter
+from domain.ratelimit import rate_limited
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class ChatService:
         limits: ChatLimits,
         lease: LeasePolicy,
         control: RunControl,
-        rate_limiter: RateLimiter | None = None,
+        rate_limiter: MessageRateLimit | None = None,
     ) -> None:
         self._rate_limiter = rate_limiter  # messages per minute per user; None: no limit
         self._lease = lease
@@ -125,7 +126,7 @@ class ChatService:
         if not self._accepting:
             raise ServerDraining("The server is shutting down; reconnect and send again.")
         if client_message_id is None:
-            self._check_rate(user_id)
+            await self._check_rate(user_id)
             return await self._submit_new(user_id, message, request_id, thread_id, None, multitask)
         key = (user_id, client_message_id)
         if key in self._submitting:
@@ -133,11 +134,13 @@ class ChatService:
         existing = await self._runs.get_by_client_message_id(user_id, client_message_id)
         if existing is not None:
             return Submission(existing, duplicate=True)
-        # Only now, once it is known not to be a retry: a duplicate never counts against the rate.
-        self._check_rate(user_id)
+        if key in self._submitting:  # a retry that came in while this one read the database
+            return Submission((await asyncio.shield(self._submitting[key])).run, duplicate=True)
         future: asyncio.Future[Submission] = asyncio.get_running_loop().create_future()
         self._submitting[key] = future
         try:
+            # Only now, once it is known not to be a retry: a duplicate never counts against the rate.
+            await self._check_rate(user_id)
             submission = await self._submit_new(
                 user_id, message, request_id, thread_id, client_message_id, multitask
             )
@@ -150,10 +153,12 @@ class ChatService:
         finally:
             del self._submitting[key]
 
-    def _check_rate(self, user_id: str) -> None:
+    async def _check_rate(self, user_id: str) -> None:
         """RateLimited (saying when to send again) if the user sent too many messages this minute."""
         if self._rate_limiter is not None:
-            self._rate_limiter.acquire(user_id)
+            wait_s = await self._rate_limiter.take(user_id)
+            if wait_s > 0:
+                raise rate_limited(self._rate_limiter.per_minute, wait_s)
 
     async def _submit_new(
         self,

@@ -142,6 +142,17 @@ class RunRepository(Protocol):
         ...
 
 
+class MessageRateLimit(Protocol):
+    """Chat messages per minute per user: in one process, or shared by all (Redis)."""
+
+    @property
+    def per_minute(self) -> int: ...
+
+    async def take(self, key: str) -> float:
+        """Take one token: 0.0 if there was one, else the seconds until there will be (none taken)."""
+        ...
+
+
 class RunControl(Protocol):
     """Reaches the process that runs a run: how a cancel sent to one process stops it on another."""
 

@@ -22,6 +22,16 @@ from domain.ports import Clock
 WINDOW_S = 60.0
 
 
+def rate_limited(per_minute: int, wait_s: float) -> RateLimited:
+    """The error for a user over the message rate, saying when to send again."""
+    seconds = max(1, math.ceil(wait_s))
+    return RateLimited(
+        f"You sent {per_minute} messages in the last minute, the most allowed; "
+        f"send again in {seconds} second{'s' if seconds != 1 else ''}.",
+        retry_after_s=wait_s,
+    )
+
+
 @dataclass(slots=True)
 class _Bucket:
     tokens: float
@@ -74,16 +84,15 @@ class RateLimiter:
         bucket.tokens -= 1.0
         return 0.0
 
+    async def take(self, key: str) -> float:
+        """The MessageRateLimit port: try_acquire, for one process."""
+        return self.try_acquire(key)
+
     def acquire(self, key: str) -> None:
         """Take one token, or raise RateLimited saying when to send again."""
         wait_s = self.try_acquire(key)
         if wait_s > 0:
-            seconds = max(1, math.ceil(wait_s))
-            raise RateLimited(
-                f"You sent {self.per_minute} messages in the last minute, the most allowed; "
-                f"send again in {seconds} second{'s' if seconds != 1 else ''}.",
-                retry_after_s=wait_s,
-            )
+            raise rate_limited(self.per_minute, wait_s)
 
     def remaining(self, key: str) -> int:
         """Whole tokens the key has now (for tests and diagnostics); nothing taken."""

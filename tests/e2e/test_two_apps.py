@@ -103,3 +103,17 @@ async def test_a_logout_on_b_closes_the_users_sockets_on_a(make_server, shared) 
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
         await theirs.send(json.dumps({"type": "ping"}))
         assert (await recv(theirs))["type"] == "pong"  # another user's socket is not touched
+
+
+async def test_the_message_rate_holds_across_processes(make_server, shared) -> None:
+    """Two processes behind a load balancer do not double a user's messages per minute."""
+    a: Server = await make_server(**shared, security={"messages_per_minute": 2})
+    b: Server = await make_server(**shared, security={"messages_per_minute": 2})
+    user, other = await register(a), await register(a)
+    for server in (a, b):
+        status, _ = await on(server, user).http("POST", "/api/chat/message", json={"message": "hi"})
+        assert status == 202
+    status, body = await on(b, user).http("POST", "/api/chat/message", json={"message": "hi"})
+    assert status == 429 and body["error"]["code"] == "rate_limited"
+    status, _ = await on(b, other).http("POST", "/api/chat/message", json={"message": "hi"})
+    assert status == 202  # another user's rate is their own

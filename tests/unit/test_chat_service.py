@@ -29,7 +29,7 @@ TERMINAL = {"agent_completed", "agent_error", "agent_cancelled"}
 async def chat_of(container: Container, model: ScriptedModel) -> ChatService:
     container.chat_model.override(providers.Object(model))
     await container.bridge().start()
-    return container.chat_service()
+    return await container.chat_service()
 
 
 async def send(chat: ChatService, text: str = "hello", user: str = "usr_a", **kwargs):

@@ -73,7 +73,7 @@ async def test_a_live_process_keeps_its_runs_by_renewing_leases(fake_container: 
 
 async def test_runs_are_created_with_this_processs_lease(fake_container: Container, fakes: Fakes) -> None:
     await started(fake_container)
-    chat = fake_container.chat_service()
+    chat = await fake_container.chat_service()
     submitted = (await chat.submit(user_id="usr_a", text="hi", request_id="r")).run
     stored = fakes.runs.runs[submitted.id]
     assert stored.owner == fake_container.lease().owner

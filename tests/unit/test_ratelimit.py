@@ -117,7 +117,7 @@ async def limited_chat(fake_container: Container, tmp_path, per_minute: int) -> 
         providers.Object(make_settings(tmp_path, security={"messages_per_minute": per_minute})))
     fake_container.chat_model.override(providers.Object(ScriptedModel(answer("ok"))))
     await fake_container.bridge().start()
-    return fake_container.chat_service()
+    return await fake_container.chat_service()
 
 
 async def test_chat_service_refuses_the_message_over_the_rate_and_other_users_go_on(
