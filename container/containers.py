@@ -76,10 +76,6 @@ def _engine_limits(settings: Settings) -> EngineLimits:
     )
 
 
-def _model_provider(settings: Settings) -> str:
-    return settings.model.provider
-
-
 def _bus_backend(settings: Settings) -> str:
     return settings.bus.backend
 
@@ -88,7 +84,12 @@ def _redis_url(settings: Settings) -> str:
     return settings.bus.redis_url.get_secret_value()
 
 
-async def _openai_model(settings: Settings) -> AsyncIterator[OpenAIChatModel]:
+async def _chat_model(settings: Settings) -> AsyncIterator[BuiltinChatModel | OpenAIChatModel]:
+    """The model of `model.provider`. One resource, not a Selector of two: dependency-injector
+    starts every resource of a container, so the OpenAI client was built even when unused."""
+    if settings.model.provider != "openai":
+        yield BuiltinChatModel(delay_s=settings.model.builtin_delay_ms / 1000)
+        return
     model = OpenAIChatModel(
         base_url=settings.model.base_url,
         api_key=settings.model.api_key.get_secret_value(),
@@ -100,10 +101,6 @@ async def _openai_model(settings: Settings) -> AsyncIterator[OpenAIChatModel]:
         yield model
     finally:
         await model.aclose()
-
-
-def _builtin_delay_s(settings: Settings) -> float:
-    return settings.model.builtin_delay_ms / 1000
 
 
 def _password_policy(settings: Settings) -> PasswordPolicy:
@@ -194,13 +191,7 @@ class Container(containers.DeclarativeContainer):
         redis=providers.Singleton(RedisRunControl, url=redis_url, prefix=settings.provided.bus.channel,
                                   owner=process_id),
     )
-    chat_model = providers.Selector(
-        providers.Callable(_model_provider, settings),
-        builtin=providers.Singleton(
-            BuiltinChatModel, delay_s=providers.Callable(_builtin_delay_s, settings)
-        ),
-        openai=providers.Resource(_openai_model, settings),
-    )
+    chat_model = providers.Resource(_chat_model, settings)
     toolbox = providers.Singleton(
         ToolBox,
         tools=providers.Callable(make_builtin_tools, notes=notes, ids=ids, clock=clock),

@@ -10,8 +10,10 @@ from adapters.event_bus import InMemoryEventBus
 from adapters.models.builtin import BuiltinChatModel
 from adapters.models.openai_chat import OpenAIChatModel
 from adapters.redis_bus import RedisEventBus
+from adapters.redis_rate_limit import RedisMessageRateLimit
 from adapters.run_control import LocalRunControl, RedisRunControl
 from container import Container, Settings
+from domain.ratelimit import RateLimiter
 
 SAFE = {
     "env": "production",
@@ -54,11 +56,13 @@ def container_for(settings: Settings) -> Container:
     return container
 
 
-def test_the_container_picks_the_embedded_adapters_by_default() -> None:
+async def test_the_container_picks_the_embedded_adapters_by_default() -> None:
     container = container_for(Settings(_env_file=None))
     assert isinstance(container.event_bus(), InMemoryEventBus)
     assert isinstance(container.run_control(), LocalRunControl)
-    assert isinstance(container.chat_model(), BuiltinChatModel)
+    assert isinstance(await container.chat_model(), BuiltinChatModel)
+    assert isinstance(await container.message_rate_limiter(), RateLimiter)
+    await container.shutdown_resources()
 
 
 async def test_the_container_picks_redis_and_openai_from_settings() -> None:
@@ -70,6 +74,7 @@ async def test_the_container_picks_redis_and_openai_from_settings() -> None:
     assert isinstance(container.run_control(), RedisRunControl)
     model = await container.chat_model()
     assert isinstance(model, OpenAIChatModel) and model.name == "openai:m"
+    assert isinstance(await container.message_rate_limiter(), RedisMessageRateLimit)
     await container.shutdown_resources()
     await bus.stop()
     await container.run_control().stop()
