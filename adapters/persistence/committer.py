@@ -13,7 +13,8 @@ one statement before the commit (`before_commit`), forget them if the batch roll
 
 A failing piece of work (a unique constraint, say) must not fail the others that shared its
 transaction: the batch is rolled back and each piece is run again in a transaction of its own,
-so the failure reaches only its own caller.
+so the failure reaches only its own caller. An outage of the database (unreachable, timed out)
+fails the whole batch at once instead: rerunning each piece alone would wait for it each time.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 from loguru import logger
 from sqlalchemy.engine import Dialect, Result
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from adapters.persistence.connection import SqlConnection
 
@@ -35,6 +37,16 @@ MAX_BATCH = 1000
 
 # A flush travels the queue as an item without work: resolved once everything before it is done.
 _Item = tuple[Work[Any] | None, "asyncio.Future[Any]"]
+
+
+def _is_outage(exc: Exception) -> bool:
+    """The database itself failed (unreachable, gone, timed out), not one piece of work's data.
+
+    Then every piece fails at once: running each alone would wait for the outage once per piece.
+    """
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, OSError | TimeoutError)
 
 
 class Transaction:
@@ -165,11 +177,14 @@ class GroupCommitter:
         try:
             results = await self._transaction(batch)
         except Exception as exc:
-            if len(batch) > 1:
+            if len(batch) > 1 and not _is_outage(exc):
                 for item in batch:
                     await self._commit([item])
-            else:
-                _, future = batch[0]
+                return
+            if len(batch) > 1:
+                logger.warning("the database failed a batch of {} writes ({}); they all fail",
+                               len(batch), type(exc).__name__)
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
