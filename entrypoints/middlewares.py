@@ -14,9 +14,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from loguru import logger
 
+from adapters.persistence.connection import is_database_outage
 from domain.errors import DomainError, RateLimited, Unauthorized
 from entrypoints.appkeys import LIFECYCLE, REQUEST_ID, SETTINGS, USER, services
-from entrypoints.errors import ApiError, error_response, from_domain
+from entrypoints.errors import DATABASE_AWAY, ApiError, error_response, from_domain
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 PUBLIC_API = frozenset({"/api/auth/register", "/api/auth/login", "/api/openapi.json"})
@@ -147,7 +148,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             413: "The request body is too large.",
         }.get(exc.status, exc.reason)
         return error_response(code, message)
-    except Exception:
+    except Exception as exc:
+        if is_database_outage(exc):
+            logger.warning("database outage answered 503: {}", type(exc).__name__)
+            return error_response("server_not_ready", DATABASE_AWAY, headers={"Retry-After": "1"})
         logger.exception("unhandled error in {} {}", request.method, request.path)
         return error_response("internal_error", "Something went wrong on the server; it was logged.")
 

@@ -27,9 +27,8 @@ from typing import Any, Protocol, TypeVar
 
 from loguru import logger
 from sqlalchemy.engine import Dialect, Result
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from adapters.persistence.connection import SqlConnection
+from adapters.persistence.connection import SqlConnection, is_database_outage
 
 T = TypeVar("T")
 Work = Callable[["Transaction"], Awaitable[T]]
@@ -37,16 +36,6 @@ MAX_BATCH = 1000
 
 # A flush travels the queue as an item without work: resolved once everything before it is done.
 _Item = tuple[Work[Any] | None, "asyncio.Future[Any]"]
-
-
-def _is_outage(exc: Exception) -> bool:
-    """The database itself failed (unreachable, gone, timed out), not one piece of work's data.
-
-    Then every piece fails at once: running each alone would wait for the outage once per piece.
-    """
-    if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-    return isinstance(exc, OSError | TimeoutError)
 
 
 class Transaction:
@@ -177,7 +166,8 @@ class GroupCommitter:
         try:
             results = await self._transaction(batch)
         except Exception as exc:
-            if len(batch) > 1 and not _is_outage(exc):
+            # An outage fails every piece at once: alone, each would wait for it again.
+            if len(batch) > 1 and not is_database_outage(exc):
                 for item in batch:
                     await self._commit([item])
                 return

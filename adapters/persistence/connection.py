@@ -7,8 +7,16 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect, Result
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 T = TypeVar("T")
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """The database itself failed (unreachable, gone, timed out), not a statement's data."""
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, OSError | TimeoutError)
 
 
 class SqlConnection(Protocol):

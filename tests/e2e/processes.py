@@ -224,6 +224,7 @@ class GatedProxy:
 
     Put between goldenpath and PostgreSQL, it is a database that is slow to answer while the
     server boots: the boot waits, the listener is already open, and clients see the start-up window.
+    `cut()` is a database that goes away: connections drop and new ones are refused until `open()`.
     """
 
     def __init__(self, host: str, port: int) -> None:
@@ -234,6 +235,7 @@ class GatedProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         self.held = 0
+        self._refusing = False
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -241,7 +243,13 @@ class GatedProxy:
         return self.port
 
     def open(self) -> None:
+        self._refusing = False
         self._gate.set()
+
+    def cut(self) -> None:
+        self._refusing = True
+        for writer in list(self._writers):
+            writer.close()
 
     @property
     def opened(self) -> bool:
@@ -253,6 +261,9 @@ class GatedProxy:
         task.add_done_callback(self._tasks.discard)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            writer.close()
+            return
         self._writers.add(writer)
         up_writer = None
         try:
