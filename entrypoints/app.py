@@ -48,6 +48,7 @@ async def _boot(app: web.Application) -> None:
         factory=await container.engine_factory(),
         bridge=bridge,
         control=container.run_control(),  # depends on no async resource: a plain object
+        database=await container.database(),
     )
     await app[LIFECYCLE].services.control.start(app[LIFECYCLE].services.chat.cancel_local,
                                                 partial(close_revoked_sockets, bridge))

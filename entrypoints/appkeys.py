@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from adapters.bridge import AgentWebSocketBridge
+from adapters.persistence.database import Database
 from adapters.run_control import LocalRunControl, RedisRunControl
 from container import Container, Settings
 from domain.auth import AuthService
@@ -32,6 +33,7 @@ class Services:
     factory: ExecutionEngineFactory
     bridge: AgentWebSocketBridge
     control: LocalRunControl | RedisRunControl
+    database: Database
 
 
 @dataclass(slots=True)

@@ -101,6 +101,7 @@ class ServerCollector(Collector):
         yield from self._engines()
         yield from self._runs()
         yield from self._delivery()
+        yield from self._writes()
         yield from self._loop()
         ready = self._lifecycle.ready and not self._lifecycle.draining
         yield GaugeMetricFamily("goldenpath_ready", "1 when the server takes requests, else 0.",
@@ -147,6 +148,14 @@ class ServerCollector(Collector):
         ):
             yield CounterMetricFamily(f"goldenpath_{name}", doc,
                                       value=getattr(bridge, name) if bridge else 0)
+
+    def _writes(self) -> Iterator[Metric]:
+        services = self._lifecycle.services
+        committer = services.database.committer if services is not None else None
+        yield CounterMetricFamily("goldenpath_db_commits", "Transactions the group committer committed.",
+                                  value=committer.batches if committer else 0)
+        yield CounterMetricFamily("goldenpath_db_writes", "Writes committed (writes per commit: the "
+                                  "batching under load).", value=committer.writes if committer else 0)
 
     def _loop(self) -> Iterator[Metric]:
         probe = self._probe

@@ -1,4 +1,4 @@
-"""GroupCommitter: the hot-path writes of this process share transactions, one writer task commits them.
+"""GroupCommitter: the writes of this process share transactions, one writer task commits them.
 
 A run writes a handful of rows (its run, its message, its events, its end, audit entries). In
 one transaction each, 100 concurrent users meant thousands of commits a second queued on
@@ -7,9 +7,9 @@ the work queued meanwhile in one transaction and commits once: the more load, th
 batch, the fewer the commits (docs/performance.md has the measurements).
 
 Pieces of work stage their rows (`Transaction.stage`): a statement staged by many pieces runs
-once with all their rows. Participants (the event log) stage rows during the batch and write them all with
-one statement before the commit (`before_commit`), forget them if the batch rolls back
-(`discard`), and act once it is durable (`after_commit`, e.g. fan the stored events out).
+once with all their rows. Participants (the event log) keep rows of their own during the batch
+and write them with one statement before the commit (`before_commit`), forget them if the batch
+rolls back (`discard`), and act once it is durable (`after_commit`: fan the stored events out).
 
 A failing piece of work (a unique constraint, say) must not fail the others that shared its
 transaction: the batch is rolled back and each piece is run again in a transaction of its own,
@@ -90,6 +90,8 @@ class BatchParticipant(Protocol):
 
 
 class GroupCommitter:
+    """One writer task; every piece of work queued meanwhile goes into its next transaction."""
+
     def __init__(
         self, transaction: Callable[[], AbstractAsyncContextManager[SqlConnection]], *,
         max_batch: int = MAX_BATCH,
@@ -101,8 +103,8 @@ class GroupCommitter:
         self._participants: list[BatchParticipant] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.batches = 0
-        self.works = 0
+        self.batches = 0  # transactions committed
+        self.writes = 0  # pieces of work they committed
 
     def join(self, participant: BatchParticipant) -> None:
         self._participants.append(participant)
@@ -179,7 +181,7 @@ class GroupCommitter:
                     future.set_exception(exc)
             return
         self.batches += 1
-        self.works += len(batch)
+        self.writes += len(batch)
         for participant in self._participants:
             try:
                 await participant.after_commit()

@@ -107,6 +107,8 @@ async def test_metrics_after_a_chat(make_server: Any) -> None:
     assert value(during, "goldenpath_events_published_total") >= len(events)
     assert value(during, "goldenpath_frames_delivered_total") >= 2 * len(events)
     assert value(during, "goldenpath_frames_dropped_total") == 0
+    # the run's rows and events went through the group committer
+    assert value(during, "goldenpath_db_writes_total") >= value(during, "goldenpath_db_commits_total") >= 1
     assert value(during, "goldenpath_event_loop_lag_seconds") >= 0
     assert ("goldenpath_event_loop_wakeup_lag_seconds_count", ()) in during
 
