@@ -135,6 +135,7 @@ class SqlAlchemyEventLog:
         future: asyncio.Future[AgentEvent] = asyncio.get_running_loop().create_future()
 
         async def stage(_conn: SqlConnection) -> None:
+            # A copy per attempt: the insert numbers it, and a batch rolled back runs this again.
             self._staged.append((event, dict(row), future))
 
         self._db.write_soon(stage).add_done_callback(partial(_report_failure, future))
