@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from sqlalchemy import bindparam, case, delete, func, insert, literal, or_, select, update
@@ -74,14 +73,14 @@ _SET_STATUS = (update(runs)
 _THREADS, _RUNS, _MESSAGES, _UPDATES = range(4)
 
 
-async def _insert_thread(thread: Thread, tx: Transaction) -> None:
+def _stage_thread(tx: Transaction, thread: Thread) -> None:
     tx.stage(_INSERT_THREAD, rank=_THREADS, row={
         "id": thread.id, "user_id": thread.user_id, "title": thread.title,
         "created_at": thread.created_at, "updated_at": thread.updated_at,
     })
 
 
-async def _insert_message(message: Message, tx: Transaction) -> None:
+def _stage_message(tx: Transaction, message: Message) -> None:
     tx.stage(_INSERT_MESSAGE, rank=_MESSAGES, row={
         "id": message.id, "thread_id": message.thread_id, "user_id": message.user_id,
         "role": message.role.value, "text": message.text, "run_id": message.run_id,
@@ -89,7 +88,7 @@ async def _insert_message(message: Message, tx: Transaction) -> None:
     })
 
 
-async def _touch_thread(thread_id: str, at: datetime, tx: Transaction) -> None:
+def _stage_touch(tx: Transaction, thread_id: str, at: datetime) -> None:
     tx.stage(_TOUCH_THREAD, {"thread_id": thread_id, "at": at}, rank=_UPDATES)
 
 
@@ -100,12 +99,11 @@ def _run_row(run: Run) -> dict[str, Any]:
             "owner": run.owner, "lease_expires_at": run.lease_expires_at}
 
 
-async def _set_status(run_id: str, status: RunStatus, finished_at: datetime | None, error: str | None,
-                      tx: Transaction) -> None:
-    """Staged: a batch's status changes run as one UPDATE, in the order they were made."""
+def _stage_status(tx: Transaction, run_id: str, status: RunStatus, finished_at: datetime | None,
+                  error: str | None) -> None:
+    """A batch's status changes run as one UPDATE, in the order they were made."""
     tx.stage(_SET_STATUS, {"run_id": run_id, "new_status": status.value,
                            "new_finished_at": finished_at, "new_error": error}, rank=_UPDATES)
-
 
 
 class SqlAlchemyUserRepository:
@@ -118,6 +116,7 @@ class SqlAlchemyUserRepository:
         if user.token_version:
             # A new user is at 0, the column's server default; only another value is written.
             values["token_version"] = user.token_version
+
         async def add(conn: SqlConnection) -> None:
             await conn.execute(insert(users).values(**values))
 
@@ -175,9 +174,6 @@ class SqlAlchemyThreadRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, thread: Thread) -> None:
-        await self._db.write(partial(_insert_thread, thread))
-
     async def get(self, user_id: str, thread_id: str) -> Thread | None:
         async with self._db.reading() as conn:
             row = (await conn.execute(_THREAD_OF_USER, {"thread_id": thread_id, "user_id": user_id})).first()
@@ -188,9 +184,6 @@ class SqlAlchemyThreadRepository:
                  .order_by(threads.c.updated_at.desc(), threads.c.id))
         async with self._db.reading() as conn:
             return [Thread(**row._mapping) for row in await conn.execute(query)]
-
-    async def touch(self, thread_id: str, at: datetime) -> None:
-        await self._db.write(partial(_touch_thread, thread_id, at))
 
     async def delete(self, user_id: str, thread_id: str) -> bool:
         """Deletes the thread's messages, runs and events too, whether or not foreign keys cascade.
@@ -216,9 +209,6 @@ class SqlAlchemyMessageRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, message: Message) -> None:
-        await self._db.write(partial(_insert_message, message))
-
     async def list_for_thread(self, user_id: str, thread_id: str) -> Sequence[Message]:
         async with self._db.reading() as conn:
             rows = await conn.execute(_MESSAGES_OF_THREAD, {"thread_id": thread_id, "user_id": user_id})
@@ -243,12 +233,12 @@ class SqlAlchemyRunRepository:
 
         async def add_run(tx: Transaction) -> None:
             if new_thread is not None:
-                await _insert_thread(new_thread, tx)
+                _stage_thread(tx, new_thread)
             tx.stage(_INSERT_RUN, _run_row(run), rank=_RUNS)
             if message is not None:
-                await _insert_message(message, tx)
+                _stage_message(tx, message)
                 if new_thread is None:
-                    await _touch_thread(run.thread_id, message.created_at, tx)
+                    _stage_touch(tx, run.thread_id, message.created_at)
 
         try:
             await self._db.write(add_run)
@@ -274,7 +264,11 @@ class SqlAlchemyRunRepository:
         A final status is never overwritten: a run that recovery already failed (its owner
         stalled past its lease) stays failed whatever its owner writes afterwards.
         """
-        await self._db.write(partial(_set_status, run_id, status, finished_at, error))
+
+        async def set_run_status(tx: Transaction) -> None:
+            _stage_status(tx, run_id, status, finished_at, error)
+
+        await self._db.write(set_run_status)
 
     async def finish(self, run_id: str, status: RunStatus, *, finished_at: datetime,
                      error: str | None = None, answer: Message | None = None) -> None:
@@ -286,9 +280,9 @@ class SqlAlchemyRunRepository:
 
         async def finish_run(tx: Transaction) -> None:
             if answer is not None:
-                await _insert_message(answer, tx)
-                await _touch_thread(answer.thread_id, answer.created_at, tx)
-            await _set_status(run_id, status, finished_at, error, tx)
+                _stage_message(tx, answer)
+                _stage_touch(tx, answer.thread_id, answer.created_at)
+            _stage_status(tx, run_id, status, finished_at, error)
 
         await self._db.write(finish_run)
 

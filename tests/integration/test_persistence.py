@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import Table, func, insert, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from adapters.persistence.audit_log import SqlAlchemyAuditLog
@@ -23,7 +24,7 @@ from adapters.persistence.repositories import (
     SqlAlchemyThreadRepository,
     SqlAlchemyUserRepository,
 )
-from adapters.persistence.tables import messages, metadata, runs
+from adapters.persistence.tables import messages, metadata, runs, threads
 from domain.errors import Conflict
 from domain.events import AgentEvent, EventType
 from domain.model import (
@@ -52,10 +53,21 @@ async def add_user(db: Database, user_id: str) -> User:
     return user
 
 
+async def insert_rows(db: Database, table: Table, *rows: dict[str, Any]) -> None:
+    """Rows written straight into a table: the repositories write threads and messages only
+    together with a run, and these tests want them alone."""
+
+    async def insert_them(tx: Any) -> None:
+        await tx.execute(insert(table), list(rows))
+
+    await db.write(insert_them)
+
+
 async def add_thread(db: Database, user_id: str, thread_id: str, minutes: float = 0) -> Thread:
     thread = Thread(id=thread_id, user_id=user_id, title="t", created_at=at(minutes),
                     updated_at=at(minutes))
-    await SqlAlchemyThreadRepository(db).add(thread)
+    await insert_rows(db, threads, {"id": thread.id, "user_id": user_id, "title": thread.title,
+                                    "created_at": thread.created_at, "updated_at": thread.updated_at})
     return thread
 
 
@@ -142,22 +154,26 @@ async def test_datetimes_come_back_aware_utc(db: Database) -> None:
 
 
 async def test_threads_belong_to_their_user(db: Database) -> None:
-    threads = SqlAlchemyThreadRepository(db)
+    repo = SqlAlchemyThreadRepository(db)
     await add_user(db, "usr_a")
     await add_user(db, "usr_b")
     older = await add_thread(db, "usr_a", "thr_1", minutes=0)
     newer = await add_thread(db, "usr_a", "thr_2", minutes=1)
-    assert await threads.get("usr_a", "thr_1") == older
-    assert [t.id for t in await threads.list_for_user("usr_a")] == [newer.id, older.id]
-    await threads.touch("thr_1", at(5))
-    assert [t.id for t in await threads.list_for_user("usr_a")] == ["thr_1", "thr_2"]
-    assert await threads.get("usr_b", "thr_1") is None
-    assert await threads.list_for_user("usr_b") == []
-    assert await threads.delete("usr_b", "thr_1") is False
-    assert await threads.get("usr_a", "thr_1") is not None
-    assert await threads.delete("usr_a", "thr_1") is True
-    assert await threads.get("usr_a", "thr_1") is None
-    assert await threads.delete("usr_a", "thr_1") is False
+    assert await repo.get("usr_a", "thr_1") == older
+    assert [t.id for t in await repo.list_for_user("usr_a")] == [newer.id, older.id]
+    # A new message in thr_1 (stored with its run) makes it the most recent.
+    await SqlAlchemyRunRepository(db).add(
+        Run(id="run_1", user_id="usr_a", thread_id="thr_1", status=RunStatus.QUEUED, created_at=at(5)),
+        Message(id="msg_1", thread_id="thr_1", user_id="usr_a", role=Role.USER, text="hi",
+                created_at=at(5), run_id="run_1"))
+    assert [t.id for t in await repo.list_for_user("usr_a")] == ["thr_1", "thr_2"]
+    assert await repo.get("usr_b", "thr_1") is None
+    assert await repo.list_for_user("usr_b") == []
+    assert await repo.delete("usr_b", "thr_1") is False
+    assert await repo.get("usr_a", "thr_1") is not None
+    assert await repo.delete("usr_a", "thr_1") is True
+    assert await repo.get("usr_a", "thr_1") is None
+    assert await repo.delete("usr_a", "thr_1") is False
 
 
 async def test_messages_come_in_time_order_for_their_user_only(db: Database) -> None:
@@ -166,8 +182,9 @@ async def test_messages_come_in_time_order_for_their_user_only(db: Database) -> 
     await add_thread(db, "usr_a", "thr_1")
     for i, minutes in enumerate([2, 0, 1]):
         role = Role.USER if minutes % 2 == 0 else Role.ASSISTANT
-        await repo.add(Message(id=f"msg_{i}", thread_id="thr_1", user_id="usr_a", role=role,
-                               text=f"m{minutes}", created_at=at(minutes), run_id="run_1"))
+        await insert_rows(db, messages, {"id": f"msg_{i}", "thread_id": "thr_1", "user_id": "usr_a",
+                                         "role": role.value, "text": f"m{minutes}",
+                                         "created_at": at(minutes), "run_id": "run_1"})
     listed = await repo.list_for_thread("usr_a", "thr_1")
     assert [m.text for m in listed] == ["m0", "m1", "m2"]
     assert [m.role for m in listed] == [Role.USER, Role.ASSISTANT, Role.USER]
@@ -180,12 +197,11 @@ async def test_deleting_a_thread_deletes_its_messages_and_runs(db: Database) -> 
     await add_thread(db, "usr_a", "thr_1")
     await add_thread(db, "usr_a", "thr_2")
     for thread_id in ("thr_1", "thr_2"):
-        await SqlAlchemyRunRepository(db).add(Run(
-            id=f"run_{thread_id}", user_id="usr_a", thread_id=thread_id,
-            status=RunStatus.COMPLETED, created_at=T0))
-        await SqlAlchemyMessageRepository(db).add(Message(
-            id=f"msg_{thread_id}", thread_id=thread_id, user_id="usr_a", role=Role.USER,
-            text="hi", created_at=T0))
+        await SqlAlchemyRunRepository(db).add(
+            Run(id=f"run_{thread_id}", user_id="usr_a", thread_id=thread_id,
+                status=RunStatus.COMPLETED, created_at=T0),
+            Message(id=f"msg_{thread_id}", thread_id=thread_id, user_id="usr_a", role=Role.USER,
+                    text="hi", created_at=T0, run_id=f"run_{thread_id}"))
     assert await SqlAlchemyThreadRepository(db).delete("usr_a", "thr_1")
     async with db.reading() as conn:
         assert (await conn.execute(select(messages.c.id))).scalars().all() == ["msg_thr_2"]
