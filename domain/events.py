@@ -123,12 +123,13 @@ class RunEventEmitter:
     async def confirm(self) -> None:
         """Wait until every event handed over is stored and delivered; raise the first failure.
 
-        Shielded: a cancel of the run while it waits does not cancel the storing of its events.
+        asyncio.wait, not gather: a cancel of the run while it waits must not cancel the storing
+        of its events (gather would cancel them).
         """
         in_flight, self._in_flight = self._in_flight, []
         if not in_flight:
             return
-        await asyncio.shield(asyncio.wait(in_flight))
+        await asyncio.wait(in_flight)
         failures = [future.exception() for future in in_flight if not future.cancelled()]
         first = next((failure for failure in failures if failure is not None), None)
         if first is not None:
