@@ -141,7 +141,7 @@ class GroupCommitter:
     async def flush(self) -> None:
         """Returns once everything submitted before the call is committed (or failed)."""
         if self._task is not None:
-            await asyncio.shield(self._enqueue(None))
+            await self._enqueue(None)
 
     async def _write_forever(self) -> None:
         while True:

@@ -132,9 +132,10 @@ class Database:
     async def write(self, work: Work[T]) -> T:
         """Run `work` in a transaction shared with the other writes queued meanwhile; its result.
 
-        Shielded: once queued the work is committed even if the caller is cancelled.
+        Once queued the work is committed even if the caller is cancelled: the queue holds it,
+        not the caller (a cancelled caller's result is dropped, never left unretrieved).
         """
-        return await asyncio.shield(self.write_soon(work))
+        return await self.write_soon(work)
 
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[SqlConnection]:

@@ -142,7 +142,7 @@ class SqlAlchemyEventLog:
         return future
 
     async def append(self, event: AgentEvent) -> AgentEvent:
-        return await asyncio.shield(self.submit(event))
+        return await self.submit(event)  # stored even if the caller is cancelled: it is queued
 
     async def flush(self) -> None:
         """Returns once every event appended before the call is stored (or failed to be)."""
