@@ -109,3 +109,17 @@ async def frames_until(ws: Any, done: Any, timeout: float = 20) -> list[dict[str
 async def until_type(ws: Any, kind: str, timeout: float = 10) -> list[dict[str, Any]]:
     return await frames_until(ws, lambda frame: frame["type"] == kind, timeout)
 
+
+async def start_chat(ws: Any, message: str, **fields: Any) -> dict[str, Any]:
+    """Send one chat frame and return its ack, without waiting for the run."""
+    await ws.send(json.dumps({"type": "chat", "message": message, **fields}))
+    return (await until_type(ws, "ack"))[-1]
+
+
+async def until_runs_end(ws: Any, runs: int, timeout: float = 20) -> list[dict[str, Any]]:
+    """Every frame until `runs` terminal events have come."""
+    frames: list[dict[str, Any]] = []
+    while sum(f["type"] in TERMINAL for f in frames) < runs:
+        frames.append(await recv(ws, timeout))
+    return frames
+

@@ -10,7 +10,16 @@ from typing import Any
 
 from domain.context import UserExecutionContext
 from domain.tools.calculator import Calculator
-from tests.e2e.client import TERMINAL, Server, recv, register, run_events, until_ready, until_type
+from tests.e2e.client import (
+    TERMINAL,
+    Server,
+    register,
+    run_events,
+    start_chat,
+    until_ready,
+    until_runs_end,
+    until_type,
+)
 from tests.overrides import replace_calculator
 
 STORY = "tell me a story"
@@ -29,8 +38,7 @@ async def test_cancel_mid_tool_stops_within_a_second(make_server) -> None:
     user = await register(server)
     async with user.connect() as ws:
         await until_ready(ws)
-        await ws.send(json.dumps({"type": "chat", "message": "What is 17 * 23?"}))
-        ack = (await until_type(ws, "ack"))[-1]
+        ack = await start_chat(ws, "What is 17 * 23?")
         await until_type(ws, "tool_executing")
         pressed = time.monotonic()
         await ws.send(json.dumps({"type": "cancel", "run_id": ack["run_id"]}))
@@ -47,8 +55,7 @@ async def test_cancel_mid_stream_over_http_then_the_thread_goes_on(make_server) 
     user = await register(server)
     async with user.connect() as ws:
         await until_ready(ws)
-        await ws.send(json.dumps({"type": "chat", "message": STORY}))
-        ack = (await until_type(ws, "ack"))[-1]
+        ack = await start_chat(ws, STORY)
         await until_type(ws, "agent_message_delta")
         pressed = time.monotonic()
         status, body = await user.http("POST", f"/api/runs/{ack['run_id']}/cancel")
@@ -83,13 +90,10 @@ async def test_enqueue_is_the_default(make_server) -> None:
     user = await register(server)
     async with user.connect() as ws:
         await until_ready(ws)
-        await ws.send(json.dumps({"type": "chat", "message": STORY}))
-        first = (await until_type(ws, "ack"))[-1]
+        first = await start_chat(ws, STORY)
         await ws.send(json.dumps({"type": "chat", "message": "What is 2 + 2?",
                                   "thread_id": first["thread_id"]}))
-        frames = []
-        while sum(f["type"] in TERMINAL for f in frames) < 2:
-            frames.append(await recv(ws, 20))
+        frames = await until_runs_end(ws, 2)
     second = next(f for f in frames if f["type"] == "ack")
     assert second["status"] == "queued"
     order = [(f.get("run_id"), f["type"]) for f in frames]
@@ -103,8 +107,7 @@ async def test_reject_answers_thread_busy_and_the_first_run_goes_on(make_server)
     user = await register(server)
     async with user.connect() as ws:
         await until_ready(ws)
-        await ws.send(json.dumps({"type": "chat", "message": STORY}))
-        first = (await until_type(ws, "ack"))[-1]
+        first = await start_chat(ws, STORY)
         await ws.send(json.dumps({"type": "chat", "message": "hi", "thread_id": first["thread_id"],
                                   "multitask": "reject", "client_message_id": "r1"}))
         frames = await until_type(ws, "error")
@@ -118,14 +121,11 @@ async def test_interrupt_cancels_the_running_one_and_starts_the_new(make_server)
     user = await register(server)
     async with user.connect() as ws:
         await until_ready(ws)
-        await ws.send(json.dumps({"type": "chat", "message": STORY}))
-        first = (await until_type(ws, "ack"))[-1]
+        first = await start_chat(ws, STORY)
         await until_type(ws, "agent_message_delta")
         await ws.send(json.dumps({"type": "chat", "message": "What is 2 + 2?",
                                   "thread_id": first["thread_id"], "multitask": "interrupt"}))
-        frames = []
-        while sum(f["type"] in TERMINAL for f in frames) < 2:
-            frames.append(await recv(ws, 20))
+        frames = await until_runs_end(ws, 2)
     ends = {f["run_id"]: f for f in frames if f["type"] in TERMINAL}
     assert ends[first["run_id"]]["type"] == "agent_cancelled"
     assert ends[first["run_id"]]["data"] == {"reason": "interrupted"}
@@ -138,12 +138,10 @@ async def test_a_retried_client_message_id_starts_one_run(make_server) -> None:
     user = await register(server)
     async with user.connect() as ws:
         await until_ready(ws)
-        await ws.send(json.dumps({"type": "chat", "message": STORY, "client_message_id": "same"}))
-        first = (await until_type(ws, "ack"))[-1]
+        first = await start_chat(ws, STORY, client_message_id="same")
     async with user.connect() as ws:  # the retry after a reconnect
         await until_ready(ws)
-        await ws.send(json.dumps({"type": "chat", "message": STORY, "client_message_id": "same"}))
-        second = (await until_type(ws, "ack"))[-1]
+        second = await start_chat(ws, STORY, client_message_id="same")
         assert second["run_id"] == first["run_id"]
     _, threads = await user.http("GET", "/api/threads")
     _status, history = await user.http("GET", f"/api/threads/{first['thread_id']}/messages")
@@ -159,8 +157,7 @@ async def test_a_cancel_never_leaves_a_gap_on_a_live_socket(make_server) -> None
     async with user.connect() as ws:
         await until_ready(ws)
         for _ in range(30):
-            await ws.send(json.dumps({"type": "chat", "message": STORY}))
-            ack = (await until_type(ws, "ack"))[-1]
+            ack = await start_chat(ws, STORY)
             frames = [f for f in await until_type(ws, "agent_thinking") if f.get("run_id") == ack["run_id"]]
             await ws.send(json.dumps({"type": "cancel", "run_id": ack["run_id"]}))
             frames += await run_events(ws, ack["run_id"])
