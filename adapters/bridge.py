@@ -11,9 +11,8 @@ from loguru import logger
 
 from adapters.event_bus import Envelope, EventBus
 from adapters.websocket import SocketConnection
-from domain.context import UserExecutionContext
-from domain.events import AgentEvent, RunEventEmitter
-from domain.ports import Clock, EventLog
+from domain.events import AgentEvent
+from domain.ports import EventLog
 
 
 class Subscriber(Protocol):
@@ -36,10 +35,9 @@ def envelope_of(event: AgentEvent) -> Envelope:
 class AgentWebSocketBridge:
     """Knows which subscribers of this process belong to which user; stores, then fans out, each event."""
 
-    def __init__(self, *, event_log: EventLog, bus: EventBus, clock: Clock) -> None:
+    def __init__(self, *, event_log: EventLog, bus: EventBus) -> None:
         self._log = event_log
         self._bus = bus
-        self._clock = clock
         self._subscribers: defaultdict[str, dict[str, Subscriber]] = defaultdict(dict)
         self._started = False
         self._lost_at: dict[str, str | None] = {}
@@ -85,9 +83,6 @@ class AgentWebSocketBridge:
         return list(self._subscribers.get(user_id, {}).values())
 
     # -- events ---------------------------------------------------------------------------------
-
-    def emitter_for(self, context: UserExecutionContext, *, after_seq: int = 0) -> RunEventEmitter:
-        return RunEventEmitter(context, self.publish, self._clock, after_seq=after_seq)
 
     def publish(self, event: AgentEvent) -> asyncio.Future[AgentEvent]:
         """Queue the event for the log; once stored it is fanned out, then the future resolves.

@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 
 from domain.context import UserExecutionContext
-from domain.events import AgentEvent, RunEventEmitter
+from domain.events import AgentEvent
 from domain.factory import EngineLimits, ExecutionEngineFactory
 from domain.tools import ToolBox
 
@@ -18,14 +18,8 @@ class _Clock:
 
 
 class _Bridge:
-    def __init__(self, clock: _Clock) -> None:
-        self._clock = clock
-
-    async def _publish(self, event: AgentEvent) -> AgentEvent:
+    async def publish(self, event: AgentEvent) -> AgentEvent:
         return event
-
-    def emitter_for(self, context: UserExecutionContext, *, after_seq: int = 0) -> RunEventEmitter:
-        return RunEventEmitter(context, self._publish, self._clock, after_seq=after_seq)
 
 
 class _Model:
@@ -57,7 +51,7 @@ def _pct(values: list[float], p: float) -> float:
 async def _measure(active: int, iterations: int) -> dict[str, float]:
     clock = _Clock()
     factory = ExecutionEngineFactory(
-        bridge=_Bridge(clock), model=_Model(), toolbox=ToolBox([]), clock=clock, audit=_Audit(),
+        bridge=_Bridge(), model=_Model(), toolbox=ToolBox([]), clock=clock, audit=_Audit(),
         limits=EngineLimits(max_engines_per_user=4, max_engines_total=active + 100),
     )
     # Background engines: 4 per user (the per-user limit), kept open during the measurement.

@@ -34,7 +34,8 @@ from domain.auth import AuthService, PasswordPolicy
 from domain.chat import ChatLimits, ChatService
 from domain.conversations import ConversationService
 from domain.factory import EngineLimits, ExecutionEngineFactory
-from domain.housekeeping import Housekeeper, LeasePolicy
+from domain.housekeeping import Housekeeper
+from domain.leases import LeasePolicy
 from domain.ports import Clock
 from domain.ratelimit import RateLimiter
 from domain.tools import ToolBox
@@ -197,7 +198,7 @@ class Container(containers.DeclarativeContainer):
         tools=providers.Callable(make_builtin_tools, notes=notes, ids=ids, clock=clock),
         timeout_s=settings.provided.limits.tool_timeout_s,
     )
-    bridge = providers.Singleton(AgentWebSocketBridge, event_log=event_log, bus=event_bus, clock=clock)
+    bridge = providers.Singleton(AgentWebSocketBridge, event_log=event_log, bus=event_bus)
     engine_factory = providers.Singleton(
         ExecutionEngineFactory,
         bridge=bridge,
@@ -238,7 +239,6 @@ class Container(containers.DeclarativeContainer):
         Housekeeper,
         runs=runs,
         events=event_log,
-        bridge=bridge,
         factory=engine_factory,
         audit=audit_log,
         clock=clock,

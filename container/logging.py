@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from loguru import logger
 
 from container.settings import LogSettings
-from domain.chat import RUN_LOG_CONTEXT
+from domain.run_log import RUN_LOG_CONTEXT
 
 if TYPE_CHECKING:
     from loguru import Record

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from domain.context import UserExecutionContext
+from domain.emitter import RunEventEmitter
 from domain.errors import ModelError
-from domain.events import EventType, RunEventEmitter
+from domain.events import EventType
 from domain.llm import (
     ChatMessage,
     ModelChunk,

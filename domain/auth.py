@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+from domain.entities import AuditAction, AuditEntry, User
 from domain.errors import Unauthorized, ValidationFailed
-from domain.model import AuditAction, AuditEntry, User
 from domain.ports import (
     AuditLog,
     Clock,

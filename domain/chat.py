@@ -5,19 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from domain.context import UserExecutionContext
 from domain.engine import RunOutcome, UserExecutionEngine
-from domain.errors import InvalidMessage, LimitExceeded, MessageTooLarge, NotFound, ThreadBusy
+from domain.entities import AuditAction, AuditEntry, Message, Role, Run, RunStatus, Thread
+from domain.errors import (
+    InvalidMessage,
+    LimitExceeded,
+    MessageTooLarge,
+    NotFound,
+    ServerDraining,
+    ThreadBusy,
+)
 from domain.factory import ExecutionEngineFactory
-from domain.housekeeping import LeasePolicy
 from domain.lanes import Multitask, ThreadLane
+from domain.leases import LeasePolicy
 from domain.llm import ChatMessage
-from domain.model import AuditAction, AuditEntry, Message, Role, Run, RunStatus, Thread
 from domain.ports import (
     AuditLog,
     Clock,
@@ -29,18 +35,11 @@ from domain.ports import (
     ThreadRepository,
 )
 from domain.ratelimit import rate_limited
+from domain.run_log import bind_run
 
 log = logging.getLogger(__name__)
 
 _TITLE_CHARS = 60
-
-# The ids of the run the current task executes (user_id, run_id, thread_id, request_id), set for
-# the whole of a run's task. The domain only sets it; the composition root's logging reads it and
-# puts the ids on every log line written meanwhile, by the domain or by an adapter it calls.
-# Tasks copy their context when created, so each run's task sees its own and no other.
-RUN_LOG_CONTEXT: ContextVar[Mapping[str, str] | None] = ContextVar("goldenpath_run_log_context",
-                                                                   default=None)
-
 
 @dataclass(frozen=True, slots=True)
 class ChatLimits:
@@ -52,10 +51,6 @@ class ChatLimits:
 class Submission:
     run: Run
     duplicate: bool = False
-
-
-class ServerDraining(LimitExceeded):
-    code = "server_not_ready"
 
 
 class ChatService:
@@ -222,8 +217,7 @@ class ChatService:
 
     async def _execute(self, run: Run, request_id: str, lane: ThreadLane,
                        turn: asyncio.Future[bool]) -> None:
-        RUN_LOG_CONTEXT.set({"user_id": run.user_id, "run_id": run.id, "thread_id": run.thread_id,
-                             "request_id": request_id})
+        bind_run(user_id=run.user_id, run_id=run.id, thread_id=run.thread_id, request_id=request_id)
         my_turn = False
         ended = False
         try:

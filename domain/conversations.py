@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from domain.entities import Message, Run, Thread
 from domain.errors import NotFound, ThreadBusy
 from domain.events import AgentEvent
-from domain.model import Message, Run, Thread
 from domain.ports import EventLog, MessageRepository, RunRepository, ThreadRepository
 
 

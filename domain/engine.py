@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 
 from domain.agent import RunState, run_agent
 from domain.context import UserExecutionContext
+from domain.emitter import RunEventEmitter
+from domain.entities import RunStatus
 from domain.errors import EngineClosed, ModelError
-from domain.events import EventType, RunEventEmitter
+from domain.events import EventType
 from domain.llm import ChatMessage, Usage
-from domain.model import RunStatus
 from domain.ports import ChatModel
 from domain.tools import ToolBox
 

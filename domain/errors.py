@@ -39,6 +39,21 @@ class LimitExceeded(DomainError):
     code = "limit_exceeded"
 
 
+class ServerDraining(LimitExceeded):
+    """The server is shutting down and takes no new runs."""
+
+    code = "server_not_ready"
+
+
+class StorageUnavailable(DomainError):
+    """The database is away (unreachable, restarting, timed out): the client should retry shortly.
+
+    Adapters raise it for an outage, so nothing outside them knows a driver's exceptions.
+    """
+
+    code = "server_not_ready"
+
+
 class ThreadBusy(DomainError):
     code = "thread_busy"
 

@@ -11,10 +11,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from domain.context import UserExecutionContext
+from domain.emitter import RunEventEmitter
 from domain.engine import _FACTORY_KEY, UserExecutionEngine
+from domain.entities import AuditAction, AuditEntry
 from domain.errors import LimitExceeded
 from domain.events import EventType
-from domain.model import AuditAction, AuditEntry
 from domain.ports import AuditLog, ChatModel, Clock, EventBridge
 from domain.tools import ToolBox
 
@@ -114,7 +115,7 @@ class ExecutionEngineFactory:
             raise self._refuse(context, "The server is at its limit of runs; try again shortly.")
         engine = UserExecutionEngine(
             context=context,
-            emitter=self._bridge.emitter_for(context),
+            emitter=self.emitter_for(context),
             model=self._model,
             toolbox=self._toolbox,
             max_steps=self._limits.max_steps,
@@ -167,9 +168,13 @@ class ExecutionEngineFactory:
             return None
         return engine
 
+    def emitter_for(self, context: UserExecutionContext, *, after_seq: int = 0) -> RunEventEmitter:
+        """The one way to emit a run's events: numbered after `after_seq`, through the one bridge."""
+        return RunEventEmitter(context, self._bridge.publish, self._clock, after_seq=after_seq)
+
     async def reject_run(self, context: UserExecutionContext, error: LimitExceeded) -> None:
         """A run refused before it had an engine still gets its first and terminal events."""
-        emitter = self._bridge.emitter_for(context)
+        emitter = self.emitter_for(context)
         await emitter.emit(EventType.AGENT_STARTED, {"agent": self._model.name})
         await emitter.emit(EventType.AGENT_ERROR, {"code": error.code, "message": error.message})
 

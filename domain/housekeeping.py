@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import timedelta
 
 from domain.context import UserExecutionContext
+from domain.entities import AuditAction, AuditEntry, Run
 from domain.events import EventType
 from domain.factory import ExecutionEngineFactory
-from domain.model import AuditAction, AuditEntry, Run
-from domain.ports import AuditLog, Clock, EventBridge, EventLog, RunRepository
+from domain.leases import LeasePolicy
+from domain.ports import AuditLog, Clock, EventLog, RunRepository
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +21,6 @@ INTERRUPTED_MESSAGE = ("The server running this request stopped before it finish
                        "please send your message again.")
 
 
-@dataclass(frozen=True, slots=True)
-class LeasePolicy:
-    """Which process owns the runs it starts, and how long a silent owner is trusted."""
-
-    owner: str
-    ttl_s: float = 30.0
-
-    @property
-    def interval_s(self) -> float:
-        return self.ttl_s / 3
-
 
 class Housekeeper:
     def __init__(
@@ -39,7 +28,6 @@ class Housekeeper:
         *,
         runs: RunRepository,
         events: EventLog,
-        bridge: EventBridge,
         factory: ExecutionEngineFactory,
         audit: AuditLog,
         clock: Clock,
@@ -48,7 +36,6 @@ class Housekeeper:
     ) -> None:
         self._runs = runs
         self._events = events
-        self._bridge = bridge
         self._factory = factory
         self._audit = audit
         self._clock = clock
@@ -72,7 +59,7 @@ class Housekeeper:
             context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
                                            request_id="housekeeping", created_at=self._clock.now())
             last = await self._events.last_seq(run.id)
-            emitter = self._bridge.emitter_for(context, after_seq=last)
+            emitter = self._factory.emitter_for(context, after_seq=last)
             if last == 0:
                 await emitter.emit(EventType.AGENT_STARTED, {"agent": "recovery"})
             await emitter.emit(EventType.AGENT_ERROR, {"code": INTERRUPTED, "message": INTERRUPTED_MESSAGE})

@@ -8,10 +8,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from domain.context import UserExecutionContext
-    from domain.events import AgentEvent, RunEventEmitter
+    from domain.entities import AuditEntry, Message, Note, Run, RunStatus, Thread, User
+    from domain.events import AgentEvent
     from domain.llm import ModelChunk, ModelRequest
-    from domain.model import AuditEntry, Message, Note, Run, RunStatus, Thread, User
 
 
 class Clock(Protocol):
@@ -31,9 +30,11 @@ class ChatModel(Protocol):
 
 
 class EventBridge(Protocol):
-    """The one bridge from runs to sockets: gives each run an emitter bound to its context."""
+    """The one bridge from runs to subscribers: stores each event, then fans it out to its user."""
 
-    def emitter_for(self, context: UserExecutionContext, *, after_seq: int = 0) -> RunEventEmitter: ...
+    def publish(self, event: AgentEvent) -> Awaitable[AgentEvent]:
+        """Queue the event; resolves to it, with its cursor, once stored and fanned out."""
+        ...
 
 
 class EventLog(Protocol):

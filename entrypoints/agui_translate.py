@@ -30,7 +30,7 @@ from ag_ui.core import (
     ToolCallStartEvent,
 )
 
-from domain.model import Run, RunStatus
+from domain.entities import Run, RunStatus
 
 META = "goldenpath"  # our key in an event's metadata ("ag-ui" is reserved for the protocol)
 

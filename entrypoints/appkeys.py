@@ -14,9 +14,9 @@ from container import Container, Settings
 from domain.auth import AuthService
 from domain.chat import ChatService
 from domain.conversations import ConversationService
+from domain.entities import User
 from domain.errors import DomainError
 from domain.factory import ExecutionEngineFactory
-from domain.model import User
 
 
 class ServerNotReady(DomainError):

@@ -34,9 +34,6 @@ class ApiError(Exception):
         self.message = message
 
 
-DATABASE_AWAY = "The database is not answering just now; send that again in a moment."
-
-
 def error_response(code: str, message: str, *, headers: dict[str, str] | None = None) -> web.Response:
     body = json.dumps({"error": {"code": code, "message": message}})
     return web.Response(status=STATUS_BY_CODE.get(code, 400), text=body,

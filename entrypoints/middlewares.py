@@ -14,10 +14,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from loguru import logger
 
-from adapters.persistence.connection import is_database_outage
-from domain.errors import DomainError, RateLimited, Unauthorized
+from domain.errors import DomainError, RateLimited, StorageUnavailable, Unauthorized
 from entrypoints.appkeys import LIFECYCLE, REQUEST_ID, SETTINGS, USER, services
-from entrypoints.errors import DATABASE_AWAY, ApiError, error_response, from_domain
+from entrypoints.errors import ApiError, error_response, from_domain
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 PUBLIC_API = frozenset({"/api/auth/register", "/api/auth/login", "/api/openapi.json"})
@@ -131,6 +130,9 @@ async def request_ids(request: web.Request, handler: Handler) -> web.StreamRespo
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except StorageUnavailable as exc:
+        logger.warning("database outage answered 503: {}", type(exc.__cause__).__name__)
+        return error_response(exc.code, exc.message, headers={"Retry-After": "1"})
     except DomainError as exc:
         response = from_domain(exc)
         if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
@@ -148,10 +150,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             413: "The request body is too large.",
         }.get(exc.status, exc.reason)
         return error_response(code, message)
-    except Exception as exc:
-        if is_database_outage(exc):
-            logger.warning("database outage answered 503: {}", type(exc).__name__)
-            return error_response("server_not_ready", DATABASE_AWAY, headers={"Retry-After": "1"})
+    except Exception:
         logger.exception("unhandled error in {} {}", request.method, request.path)
         return error_response("internal_error", "Something went wrong on the server; it was logged.")
 

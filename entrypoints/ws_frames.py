@@ -8,13 +8,11 @@ from typing import Any
 from loguru import logger
 
 from adapters.bridge import envelope_of
-from adapters.persistence.connection import is_database_outage
 from adapters.websocket import SocketConnection
 from domain.chat import ChatService
 from domain.conversations import ConversationService
-from domain.errors import CursorExpired, DomainError
+from domain.errors import CursorExpired, DomainError, StorageUnavailable
 from domain.lanes import Multitask
-from entrypoints.errors import DATABASE_AWAY
 
 _MAX_ID = 128
 
@@ -79,14 +77,12 @@ class FrameDispatcher:
             await handler(frame)
         except FrameError as exc:
             self._error(exc.code, exc.message, client_message_id)
+        except StorageUnavailable as exc:
+            # The socket stays: a chat sent again with its client_message_id is not run twice.
+            logger.warning("database outage answered server_not_ready: {}", type(exc.__cause__).__name__)
+            self._error(exc.code, exc.message, client_message_id)
         except DomainError as exc:
             self._error(exc.code, exc.message, client_message_id)
-        except Exception as exc:
-            if not is_database_outage(exc):
-                raise
-            # The socket stays: a chat sent again with its client_message_id is not run twice.
-            logger.warning("database outage answered server_not_ready: {}", type(exc).__name__)
-            self._error("server_not_ready", DATABASE_AWAY, client_message_id)
 
     async def _chat_frame(self, frame: dict[str, Any]) -> None:
         message = frame.get("message")

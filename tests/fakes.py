@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from domain.entities import AuditEntry, Message, Note, Run, RunStatus, Thread, User
 from domain.errors import Conflict
 from domain.events import AgentEvent
 from domain.llm import ModelChunk, ModelRequest, TextDelta
-from domain.model import AuditEntry, Message, Note, Run, RunStatus, Thread, User
 
 
 class FixedClock:

@@ -12,7 +12,7 @@ from sqlalchemy import insert, select
 from adapters.persistence.committer import Transaction
 from adapters.persistence.database import Database
 from adapters.persistence.tables import audit_log
-from domain.model import AuditAction, AuditEntry
+from domain.entities import AuditAction, AuditEntry
 
 MAX_QUEUED = 10_000
 AUDIT_RANK = 9  # after the rows the entries mention

@@ -9,6 +9,8 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect, Result
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from domain.errors import StorageUnavailable
+
 T = TypeVar("T")
 
 
@@ -17,6 +19,15 @@ def is_database_outage(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
     return isinstance(exc, OSError | TimeoutError)
+
+
+DATABASE_AWAY = "The database is not answering just now; send that again in a moment."
+
+
+def raise_outage_as_domain_error(exc: BaseException) -> None:
+    """An outage becomes StorageUnavailable: nothing outside the adapters knows a driver's errors."""
+    if is_database_outage(exc):
+        raise StorageUnavailable(DATABASE_AWAY) from exc
 
 
 class SqlConnection(Protocol):

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from adapters.persistence.committer import GroupCommitter, Work
-from adapters.persistence.connection import InlineConnection, SqlConnection
+from adapters.persistence.connection import InlineConnection, SqlConnection, raise_outage_as_domain_error
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -135,7 +135,11 @@ class Database:
         Once queued the work is committed even if the caller is cancelled: the queue holds it,
         not the caller (a cancelled caller's result is dropped, never left unretrieved).
         """
-        return await self.write_soon(work)
+        try:
+            return await self.write_soon(work)
+        except Exception as exc:
+            raise_outage_as_domain_error(exc)
+            raise
 
     @contextlib.asynccontextmanager
     async def writing(self) -> AsyncIterator[SqlConnection]:
@@ -156,12 +160,17 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[SqlConnection]:
-        if self._sqlite is None:
-            async with self._reader.connect() as conn:
-                yield conn
-            return
-        with self._sqlite.connect() as sync:
-            yield InlineConnection(sync)
+        """A connection for reads; an outage on the way raises StorageUnavailable."""
+        try:
+            if self._sqlite is None:
+                async with self._reader.connect() as conn:
+                    yield conn
+                return
+            with self._sqlite.connect() as sync:
+                yield InlineConnection(sync)
+        except Exception as exc:
+            raise_outage_as_domain_error(exc)
+            raise
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration; a no-op when it is there already."""

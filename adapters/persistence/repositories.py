@@ -15,8 +15,8 @@ from adapters.persistence.connection import SqlConnection
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import delete_thread_events
 from adapters.persistence.tables import messages, notes, runs, threads, users
+from domain.entities import Message, Note, Role, Run, RunStatus, Thread, User
 from domain.errors import Conflict, NotFound
-from domain.model import Message, Note, Role, Run, RunStatus, Thread, User
 
 _UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 _WORD = re.compile(r"\w+")

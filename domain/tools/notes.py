@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from domain.context import UserExecutionContext
+from domain.entities import Note
 from domain.errors import ToolError
 from domain.llm import ToolSpec
-from domain.model import Note
 from domain.ports import Clock, IdGenerator, NoteRepository
 
 MAX_NOTE_CHARS = 2000

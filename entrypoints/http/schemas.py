@@ -9,9 +9,9 @@ from ag_ui.core import Event as AguiEvent
 from pydantic import BaseModel, ConfigDict, Field, Json, StrictBool, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
+from domain.entities import Role, RunStatus
 from domain.events import EventType
 from domain.lanes import Multitask
-from domain.model import Role, RunStatus
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
 

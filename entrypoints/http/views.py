@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from domain.model import Message, Run, Thread
+from domain.entities import Message, Run, Thread
 
 
 def iso(moment: datetime | None) -> str | None:

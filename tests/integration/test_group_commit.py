@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from adapters.persistence.database import Database
 from adapters.persistence.repositories import SqlAlchemyRunRepository, SqlAlchemyUserRepository
 from adapters.persistence.tables import messages, runs, threads
+from domain.entities import Message, Role, Run, RunStatus, Thread, User
 from domain.errors import Conflict
-from domain.model import Message, Role, Run, RunStatus, Thread, User
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 

@@ -16,9 +16,9 @@ from adapters.persistence.database import Database
 from adapters.persistence.event_log import SqlAlchemyEventLog
 from adapters.persistence.repositories import SqlAlchemyRunRepository, SqlAlchemyThreadRepository
 from adapters.persistence.tables import event_log_state, metadata, runs
+from domain.entities import Run, RunStatus
 from domain.errors import CursorExpired, InvalidMessage
 from domain.events import AgentEvent, EventType
-from domain.model import Run, RunStatus
 from tests.integration.conftest import migrate_to
 from tests.integration.test_persistence import T0, add_thread, add_user, at
 

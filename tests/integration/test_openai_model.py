@@ -14,8 +14,9 @@ from aiohttp import web
 from adapters.models.openai_chat import OpenAIChatModel
 from domain.agent import RunState, run_agent
 from domain.context import UserExecutionContext
+from domain.emitter import RunEventEmitter
 from domain.errors import ModelError
-from domain.events import AgentEvent, EventType, RunEventEmitter
+from domain.events import AgentEvent, EventType
 from domain.llm import (
     ChatMessage,
     ModelChunk,

@@ -25,9 +25,7 @@ from adapters.persistence.repositories import (
     SqlAlchemyUserRepository,
 )
 from adapters.persistence.tables import messages, metadata, runs, threads
-from domain.errors import Conflict
-from domain.events import AgentEvent, EventType
-from domain.model import (
+from domain.entities import (
     AuditAction,
     AuditEntry,
     Message,
@@ -38,6 +36,8 @@ from domain.model import (
     Thread,
     User,
 )
+from domain.errors import Conflict
+from domain.events import AgentEvent, EventType
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 TABLES = {"users", "threads", "messages", "runs", "events", "notes", "audit_log", "event_log_state"}

@@ -15,8 +15,8 @@ from sqlalchemy import inspect, text
 from adapters.persistence.database import Database
 from adapters.persistence.repositories import SqlAlchemyUserRepository
 from adapters.persistence.tables import metadata
+from domain.entities import User
 from domain.errors import NotFound
-from domain.model import User
 from tests.integration.conftest import migrate_to
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)

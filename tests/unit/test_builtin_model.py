@@ -8,7 +8,8 @@ import pytest
 from adapters.models.builtin import BuiltinChatModel, second_person, split_words
 from domain.agent import RunState, run_agent
 from domain.context import UserExecutionContext
-from domain.events import AgentEvent, EventType, RunEventEmitter
+from domain.emitter import RunEventEmitter
+from domain.events import AgentEvent, EventType
 from domain.llm import ChatMessage, ModelRequest, TextDelta, ToolCallDelta, UsageReport
 from domain.tools import ToolBox, builtin_tools
 from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds

@@ -9,6 +9,7 @@ from dependency_injector import providers
 
 from container import Container
 from domain.chat import ChatService
+from domain.entities import Role, Run, RunStatus
 from domain.errors import (
     InvalidMessage,
     LimitExceeded,
@@ -19,7 +20,6 @@ from domain.errors import (
 )
 from domain.lanes import Multitask
 from domain.llm import ToolCallDelta
-from domain.model import Role, Run, RunStatus
 from tests.fakes import RecordingRunControl, RecordingSocket, ScriptedModel, answer
 from tests.unit.conftest import Fakes
 

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from domain.context import UserExecutionContext
-from domain.events import MAX_IN_FLIGHT, AgentEvent, EventType, RunEventEmitter
+from domain.emitter import MAX_IN_FLIGHT, RunEventEmitter
+from domain.events import AgentEvent, EventType
 from tests.fakes import FixedClock
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

@@ -9,9 +9,9 @@ from dependency_injector import providers
 
 from container import Container
 from domain.context import UserExecutionContext
+from domain.entities import AuditAction
 from domain.errors import EngineClosed, LimitExceeded
 from domain.events import EventType
-from domain.model import AuditAction
 from tests.fakes import RecordingSocket, ScriptedModel, answer
 from tests.unit.conftest import Fakes
 

@@ -8,8 +8,8 @@ from dependency_injector import providers
 
 from container import Container
 from domain.context import UserExecutionContext
+from domain.entities import Run, RunStatus
 from domain.events import EventType
-from domain.model import Run, RunStatus
 from tests.fakes import ScriptedModel, answer
 from tests.unit.conftest import Fakes
 
@@ -37,7 +37,7 @@ async def test_orphans_of_a_dead_process_end_interrupted_with_the_next_seq(fake_
     run(fakes, "run_late", owner="proc_slow", lease_in_s=-1)  # lapsed, within the grace
     run(fakes, "run_alive", owner="proc_other", lease_in_s=20)
     run(fakes, "run_done", owner="proc_dead", lease_in_s=-1, status=RunStatus.COMPLETED)
-    emitter = fake_container.bridge().emitter_for(UserExecutionContext(
+    emitter = fake_container.engine_factory().emitter_for(UserExecutionContext(
         user_id="usr_a", thread_id="thr_a", run_id="run_dead", request_id="r",
         created_at=fakes.clock.now()))
     await emitter.emit(EventType.AGENT_STARTED, {"agent": "builtin"})

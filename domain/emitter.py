@@ -1,0 +1,84 @@
+"""RunEventEmitter: numbers one run's events and hands them to the bridge, pipelined."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from domain.context import UserExecutionContext
+from domain.events import AgentEvent, EventType
+from domain.ports import Clock
+
+Publish = Callable[[AgentEvent], Awaitable[AgentEvent]]
+
+# Events a run may have in flight (handed over, not yet stored and delivered) before emit waits.
+MAX_IN_FLIGHT = 64
+
+
+class RunEventEmitter:
+    """Numbers one run's events gaplessly from 1 and hands them to the bridge, in order.
+
+    Pipelined: `emit` hands the event over and returns; the bridge stores and delivers events
+    in the order they were handed over. The run waits for its events only at its terminal
+    event (which must not be sent before the rest are stored) and when MAX_IN_FLIGHT are
+    outstanding, so a run costs its user one storage round trip, not one per event.
+    """
+
+    __slots__ = ("_clock", "_context", "_in_flight", "_publish", "_seq", "_terminal_sent")
+
+    def __init__(self, context: UserExecutionContext, publish: Publish, clock: Clock, *,
+                 after_seq: int = 0) -> None:
+        self._context = context
+        self._publish = publish
+        self._clock = clock
+        self._seq = after_seq
+        self._terminal_sent = False
+        self._in_flight: list[asyncio.Future[AgentEvent]] = []
+
+    @property
+    def context(self) -> UserExecutionContext:
+        return self._context
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def terminal_sent(self) -> bool:
+        return self._terminal_sent
+
+    async def emit(self, type_: EventType, data: Mapping[str, Any]) -> None:
+        """Hand the event over; waits only as the class says. Raises if an earlier one failed."""
+        if self._terminal_sent:
+            raise RuntimeError(f"run {self._context.run_id} already ended; {type_} not sent")
+        if type_.is_terminal:
+            self._terminal_sent = True
+        self._seq += 1
+        event = AgentEvent(
+            type=type_,
+            user_id=self._context.user_id,
+            run_id=self._context.run_id,
+            thread_id=self._context.thread_id,
+            seq=self._seq,
+            ts=self._clock.now(),
+            data=data,
+        )
+        self._in_flight.append(asyncio.ensure_future(self._publish(event)))
+        if type_.is_terminal or len(self._in_flight) >= MAX_IN_FLIGHT:
+            await self.confirm()
+
+    async def confirm(self) -> None:
+        """Wait until every event handed over is stored and delivered; raise the first failure.
+
+        asyncio.wait, not gather: a cancel of the run while it waits must not cancel the storing
+        of its events (gather would cancel them).
+        """
+        in_flight, self._in_flight = self._in_flight, []
+        if not in_flight:
+            return
+        await asyncio.wait(in_flight)
+        failures = [future.exception() for future in in_flight if not future.cancelled()]
+        first = next((failure for failure in failures if failure is not None), None)
+        if first is not None:
+            raise first

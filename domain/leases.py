@@ -1,0 +1,16 @@
+"""LeasePolicy: which process owns the runs it starts, and how long a silent owner is trusted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePolicy:
+    owner: str
+    ttl_s: float
+
+    @property
+    def interval_s(self) -> float:
+        """Leases are renewed this often: a third of the ttl, so two renewals may fail in a row."""
+        return self.ttl_s / 3
