@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from container.settings import Settings
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 
 
 def setting_names() -> set[str]:
