@@ -1,0 +1,289 @@
+// One run's live timeline (RunView): applies the run's events to its DOM, stops it, asks what became of it.
+import { api } from "./api.js";
+import { updateComposer, showComposerError } from "./composer.js";
+import { h, formatDuration } from "./dom.js";
+import { copyButton, thinkingStep, toolCard, toolOutcome, usageText } from "./run_render.js";
+import { conn, send } from "./socket.js";
+import { state } from "./state.js";
+
+// What to do when the server says a run completed that the page saw no ending for: its answer is in
+// the thread's history, so app.js hooks this to a history reload (conversation.js sits above this).
+let onEndedUnseen = () => {};
+export function whenRunEndedUnseen(fn) {
+  onEndedUnseen = fn;
+}
+
+export class RunView {
+  constructor({ runId = null, threadId = null, clientMessageId = null, text = null } = {}) {
+    this.runId = runId;
+    this.threadId = threadId;
+    this.clientMessageId = clientMessageId;
+    this.text = text;
+    this.order = ++state.order;
+    this.lastSeq = 0;
+    this.done = false;
+    this.fromHistory = false;
+    this.sent = false;
+    this.awaitingThread = false;
+    this.cancelRequested = false;
+    this.replayRequested = false;
+    this.statusCheckedAt = 0;
+    this.tools = new Map();
+    this.answerText = "";
+    this.userEl = null;
+
+    this.waitingText = h("span", {}, "Sending…");
+    this.waitingEl = h("p", { class: "run-waiting", "data-testid": "run-waiting" },
+      h("span", { class: "spinner", "aria-hidden": "true" }), this.waitingText);
+    this.stepsEl = h("div", { class: "run-steps" });
+    this.answerEl = h("div", { class: "answer", "data-testid": "answer", hidden: true });
+    this.statusEl = h("p", { class: "run-status", "data-testid": "run-status", hidden: true });
+    this.metaEl = h("div", { class: "run-meta", hidden: true });
+    this.el = h("article", {
+      class: "run is-running",
+      "data-testid": "run-timeline",
+      "data-run-id": runId || "",
+      "data-status": "pending",
+      "aria-label": "Reply",
+      "aria-busy": "true",
+    }, this.stepsEl, this.waitingEl, this.answerEl, this.statusEl, this.metaEl);
+  }
+
+  setRunId(runId) {
+    this.runId = runId;
+    this.el.dataset.runId = runId;
+  }
+
+  setWaiting(text) {
+    this.waitingText.textContent = text;
+  }
+
+  setStatus(status) {
+    this.el.dataset.status = status;
+  }
+
+  /** Forget what was drawn (a full replay of a run known only from history is coming). */
+  reset() {
+    this.done = false;
+    this.fromHistory = false;
+    this.tools.clear();
+    this.answerText = "";
+    this.stepsEl.replaceChildren();
+    this.answerEl.replaceChildren();
+    this.answerEl.hidden = true;
+    this.statusEl.hidden = true;
+    this.metaEl.replaceChildren();
+    this.metaEl.hidden = true;
+    this.el.classList.add("is-running");
+    this.el.setAttribute("aria-busy", "true");
+    this.setStatus("running");
+    this.refreshWaiting();
+  }
+
+  refreshWaiting() {
+    const hasContent = this.stepsEl.childElementCount > 0 || !this.answerEl.hidden;
+    this.waitingEl.hidden = this.done || hasContent;
+  }
+
+  apply(event) {
+    const data = event.data && typeof event.data === "object" ? event.data : {};
+    switch (event.type) {
+      case "agent_started":
+        this.setStatus("running");
+        this.setWaiting("Thinking…");
+        break;
+      case "agent_thinking":
+        this.setStatus("running");
+        this.thinking(typeof data.text === "string" ? data.text : "");
+        break;
+      case "tool_executing":
+        this.setStatus("running");
+        this.toolExecuting(data);
+        break;
+      case "tool_completed":
+        this.toolCompleted(data);
+        break;
+      case "agent_message_delta":
+        this.setStatus("running");
+        this.delta(typeof data.delta === "string" ? data.delta : "");
+        break;
+      case "agent_completed":
+        this.completed(data);
+        break;
+      case "agent_error":
+        this.failed(data);
+        break;
+      case "agent_cancelled":
+        this.cancelled(data);
+        break;
+      default:
+        break; // a newer server's event: nothing to draw
+    }
+    this.refreshWaiting();
+  }
+
+  thinking(text) {
+    if (!text) return;
+    const last = this.stepsEl.lastElementChild;
+    // A model that streams its reasoning sends fragments; glue a fragment onto the line before.
+    if (last && last.classList.contains("thinking") && /^[\s,.;:!?)\]…a-z]/.test(text)) {
+      const span = last.querySelector(".thinking-text");
+      span.textContent += text;
+      return;
+    }
+    this.stepsEl.append(thinkingStep(text));
+  }
+
+  toolExecuting(data) {
+    const id = data.tool_call_id || `tool_${this.tools.size + 1}`;
+    const name = typeof data.tool === "string" && data.tool ? data.tool : "tool";
+    const entry = toolCard(id, name, data.arguments);
+    this.tools.set(id, entry);
+    this.stepsEl.append(entry.card);
+    return entry;
+  }
+
+  toolCompleted(data) {
+    const id = data.tool_call_id || `tool_${this.tools.size}`;
+    const entry = this.tools.get(id) || this.toolExecuting({ tool_call_id: id, tool: data.tool });
+    const failed = data.error !== undefined && data.error !== null;
+    entry.card.classList.remove("is-running");
+    entry.card.classList.toggle("is-error", failed);
+    entry.card.dataset.status = failed ? "error" : "ok";
+    entry.state.replaceChildren(failed ? "failed" : "done");
+    const took = formatDuration(data.duration_ms);
+    if (took) {
+      entry.duration.textContent = took;
+      entry.duration.hidden = false;
+    }
+    let shown = failed ? data.error : data.result;
+    if (failed && shown && typeof shown === "object" && typeof shown.message === "string") shown = shown.message;
+    entry.card.append(toolOutcome(failed, shown));
+  }
+
+  delta(text) {
+    if (!text) return;
+    this.answerText += text;
+    this.answerEl.hidden = false;
+    this.answerEl.classList.add("is-streaming");
+    this.answerEl.textContent = this.answerText;
+  }
+
+  completed(data) {
+    if (typeof data.text === "string") this.answerText = data.text;
+    this.answerEl.textContent = this.answerText;
+    this.answerEl.hidden = !this.answerText;
+    this.answerEl.classList.remove("is-streaming");
+    const usage = usageText(data.usage && typeof data.usage === "object" ? data.usage : null);
+    if (usage) {
+      this.metaEl.replaceChildren(h("span", { "data-testid": "run-usage" }, usage));
+      this.metaEl.hidden = false;
+    }
+    this.addCopyButton();
+    this.finish("completed");
+  }
+
+  addCopyButton() {
+    if (!this.answerText || !navigator.clipboard || !window.isSecureContext) return;
+    this.metaEl.append(copyButton(() => this.answerText));
+    this.metaEl.hidden = false;
+  }
+
+  failed(data) {
+    const message = typeof data.message === "string" && data.message
+      ? data.message : "Something went wrong while answering. Try again.";
+    this.statusEl.replaceChildren(h("span", { class: "run-status-icon", "aria-hidden": "true" }, "!"),
+      h("span", {}, message));
+    this.statusEl.className = "run-status run-error";
+    this.statusEl.hidden = false;
+    this.answerEl.classList.remove("is-streaming");
+    this.finish("error");
+  }
+
+  cancelled(data) {
+    const reason = typeof data.reason === "string" ? data.reason : "user";
+    const reasons = {
+      interrupted: "a newer message took over",
+      timeout: "it took too long",
+      shutdown: "the server was restarting",
+    };
+    const text = !reason || reason === "user" ? "Stopped" : `Stopped: ${reasons[reason] || reason}`;
+    this.statusEl.replaceChildren(h("span", {}, text));
+    this.statusEl.className = "run-status run-stopped";
+    this.statusEl.hidden = false;
+    this.answerEl.classList.remove("is-streaming");
+    this.finish("cancelled");
+  }
+
+  /** A run known only from the thread's history: its final answer. */
+  showFinalText(text) {
+    this.answerText = text || "";
+    this.answerEl.textContent = this.answerText;
+    this.answerEl.hidden = !this.answerText;
+    this.answerEl.classList.remove("is-streaming");
+    this.addCopyButton();
+    this.finish("completed");
+  }
+
+  finish(status) {
+    this.done = true;
+    this.setStatus(status);
+    for (const entry of this.tools.values()) {
+      if (entry.card.classList.contains("is-running")) {
+        entry.card.classList.remove("is-running");
+        entry.card.dataset.status = "unfinished";
+        entry.state.replaceChildren("not finished");
+      }
+    }
+    this.el.classList.remove("is-running");
+    this.el.setAttribute("aria-busy", "false");
+    this.refreshWaiting();
+    if (this.clientMessageId) state.pending.delete(this.clientMessageId);
+    updateComposer();
+  }
+
+  requestCancel() {
+    if (this.done) return;
+    this.cancelRequested = true;
+    this.setWaiting("Stopping…");
+    if (this.runId) {
+      if (!send({ type: "cancel", run_id: this.runId })) {
+        api(`/api/runs/${encodeURIComponent(this.runId)}/cancel`, { method: "POST" })
+          .catch((error) => showComposerError(error.message));
+      }
+    } else if (this.sent) {
+      send({ type: "cancel", client_message_id: this.clientMessageId });
+    } else {
+      // Never reached the server: nothing to stop there.
+      this.cancelled({ reason: "user" });
+    }
+  }
+
+  /** Ask the server what became of a run the page has no ending for. */
+  async checkStatus() {
+    if (!this.runId || this.done || Date.now() - this.statusCheckedAt < 3000) return;
+    this.statusCheckedAt = Date.now();
+    let run;
+    try {
+      run = await api(`/api/runs/${encodeURIComponent(this.runId)}`);
+    } catch {
+      return;
+    }
+    if (this.done || !run) return;
+    if (run.status === "failed") this.failed({ message: run.error });
+    else if (run.status === "cancelled") this.cancelled({ reason: run.error || "user" });
+    else if (run.status === "completed") onEndedUnseen();
+    else {
+      this.setStatus(run.status);
+      if (this.lastSeq === 0) this.setWaiting(run.status === "queued" ? "Queued…" : "Working…");
+      this.requestReplay();
+    }
+  }
+
+  /** Ask for every event of this run (tool calls included) over the socket. */
+  requestReplay() {
+    if (this.replayRequested || this.done || !this.runId || !conn.ready) return;
+    this.replayRequested = true;
+    send({ type: "resume", run_id: this.runId, after_seq: this.lastSeq });
+  }
+}

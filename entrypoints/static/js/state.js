@@ -1,0 +1,61 @@
+// The page's elements and state, the sessionStorage keys and the narrow-screen media query.
+import { $, storageGet } from "./dom.js";
+
+export const TOKEN_KEY = "goldenpath.token";
+export const CURSOR_KEY = "goldenpath.cursor";
+export const EXPIRES_KEY = "goldenpath.tokenExpiresAt";
+export const NARROW = window.matchMedia("(max-width: 760px)");
+
+export const ui = {
+  authView: $("auth-view"),
+  authForm: $("auth-form"),
+  username: $("auth-username"),
+  password: $("auth-password"),
+  authError: $("auth-error"),
+  authNote: $("auth-note"),
+  loginButton: $("login-button"),
+  registerButton: $("register-button"),
+  chatView: $("chat-view"),
+  account: $("account"),
+  accountName: $("account-name"),
+  logoutButton: $("logout-button"),
+  sidebarToggle: $("sidebar-toggle"),
+  sidebar: $("sidebar"),
+  scrim: $("scrim"),
+  chatMain: $("chat-main"),
+  newChat: $("new-chat-button"),
+  threadList: $("thread-list"),
+  threadsEmpty: $("threads-empty"),
+  banner: $("reconnecting-banner"),
+  bannerText: $("reconnecting-text"),
+  reconnectNow: $("reconnect-now"),
+  conversation: $("conversation"),
+  emptyState: $("empty-state"),
+  suggestions: $("suggestions"),
+  composer: $("composer"),
+  input: $("message-input"),
+  sendButton: $("send-button"),
+  stopButton: $("stop-button"),
+  errorArea: $("error-area"),
+  errorText: $("error-text"),
+  errorDismiss: $("error-dismiss"),
+};
+
+export const state = {
+  token: null,
+  me: null,
+  threads: [],
+  threadId: null,
+  runs: new Map(), // run_id -> RunView
+  pending: new Map(), // client_message_id -> RunView whose ack has not arrived
+  lastCursor: storageGet(CURSOR_KEY),
+  historyRequest: 0,
+  order: 0,
+};
+
+/** The runs drawn in the open chat, live or pending (a new chat's pending ones while it has no id). */
+export function liveRunsForCurrentThread() {
+  const all = [...state.runs.values(), ...state.pending.values()];
+  return all.filter((rv) => rv.userEl && (rv.threadId === state.threadId ||
+    (rv.awaitingThread && state.threadId === null)));
+}
