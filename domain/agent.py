@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.errors import ModelError
-from domain.events import EventType
+from domain.events import AgentMessageDelta, AgentThinking, ToolCompleted, ToolExecuting
 from domain.llm import (
     ChatMessage,
     ModelChunk,
@@ -69,7 +69,7 @@ async def run_agent(
     """Run the loop to an answer; raises ModelError when the model fails or never answers."""
     state.conversation.insert(0, ChatMessage(role="system", content=SYSTEM_PROMPT))
     while state.steps < max_steps:
-        await emitter.emit(EventType.AGENT_THINKING, {"text": _thinking_text(state)})
+        await emitter.emit(AgentThinking(_thinking_text(state)))
         step = await _ask_model(model, toolbox, emitter, state, model_timeout_s)
         state.steps += 1
         if not step.calls:
@@ -116,10 +116,10 @@ async def _ask_model(
             if chunk.text:
                 step.text.append(chunk.text)
                 state.answer.append(chunk.text)
-                await emitter.emit(EventType.AGENT_MESSAGE_DELTA, {"delta": chunk.text})
+                await emitter.emit(AgentMessageDelta(chunk.text))
         elif isinstance(chunk, ReasoningDelta):
             if chunk.text:
-                await emitter.emit(EventType.AGENT_THINKING, {"text": chunk.text})
+                await emitter.emit(AgentThinking(chunk.text))
         elif isinstance(chunk, ToolCallDelta):
             pieces = step.calls.setdefault(chunk.index, {"id": "", "name": "", "arguments": ""})
             pieces["id"] = chunk.id or pieces["id"]
@@ -158,18 +158,12 @@ async def _run_tool(
         shown_arguments = json.loads(call.arguments) if call.arguments.strip() else {}
     except json.JSONDecodeError:
         shown_arguments = call.arguments
-    await emitter.emit(
-        EventType.TOOL_EXECUTING,
-        {"tool_call_id": call.id, "tool": call.name, "arguments": shown_arguments},
-    )
+    await emitter.emit(ToolExecuting(tool_call_id=call.id, tool=call.name, arguments=shown_arguments))
     outcome = await toolbox.execute(context, call.name, call.arguments)
-    data: dict[str, object] = {"tool_call_id": call.id, "tool": call.name}
     if outcome.error is None:
-        data["result"] = outcome.result
         content = json.dumps({"result": outcome.result}, default=str)
     else:
-        data["error"] = outcome.error
         content = json.dumps({"error": outcome.error})
-    data["duration_ms"] = outcome.duration_ms
-    await emitter.emit(EventType.TOOL_COMPLETED, data)
+    await emitter.emit(ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=outcome.duration_ms,
+                                     result=outcome.result, error=outcome.error))
     state.conversation.append(ChatMessage(role="tool", content=content, tool_call_id=call.id))

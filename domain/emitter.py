@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from domain.context import UserExecutionContext
-from domain.events import AgentEvent, EventType
+from domain.events import AgentEvent, EventPayload
 from domain.ports import Clock
 
 Publish = Callable[[AgentEvent], Awaitable[AgentEvent]]
@@ -48,24 +47,25 @@ class RunEventEmitter:
     def terminal_sent(self) -> bool:
         return self._terminal_sent
 
-    async def emit(self, type_: EventType, data: Mapping[str, Any]) -> None:
+    async def emit(self, payload: EventPayload) -> None:
         """Hand the event over; waits only as the class says. Raises if an earlier one failed."""
         if self._terminal_sent:
-            raise RuntimeError(f"run {self._context.run_id} already ended; {type_} not sent")
-        if type_.is_terminal:
+            raise RuntimeError(f"run {self._context.run_id} already ended; {payload.TYPE} not sent")
+        terminal = payload.TERMINAL
+        if terminal:
             self._terminal_sent = True
         self._seq += 1
         event = AgentEvent(
-            type=type_,
+            type=payload.TYPE,
             user_id=self._context.user_id,
             run_id=self._context.run_id,
             thread_id=self._context.thread_id,
             seq=self._seq,
             ts=self._clock.now(),
-            data=data,
+            data=payload.data(),
         )
         self._in_flight.append(asyncio.ensure_future(self._publish(event)))
-        if type_.is_terminal or len(self._in_flight) >= MAX_IN_FLIGHT:
+        if terminal or len(self._in_flight) >= MAX_IN_FLIGHT:
             await self.confirm()
 
     async def confirm(self) -> None:

@@ -14,7 +14,7 @@ from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.entities import RunStatus
 from domain.errors import EngineClosed, ModelError
-from domain.events import EventType
+from domain.events import AgentCancelled, AgentCompleted, AgentError, AgentStarted
 from domain.llm import ChatMessage, Usage
 from domain.ports import ChatModel
 from domain.tools import ToolBox
@@ -97,7 +97,7 @@ class UserExecutionEngine:
             raise RuntimeError("an engine runs exactly once")
         self._started = True
         started = time.perf_counter()
-        await self._emitter.emit(EventType.AGENT_STARTED, {"agent": self._model.name})
+        await self._emitter.emit(AgentStarted(self._model.name))
         if self._cancel_reason is not None:
             return RunOutcome(RunStatus.CANCELLED, cancel_reason=self._cancel_reason)
         self._state.conversation.extend(history)
@@ -154,15 +154,12 @@ class UserExecutionEngine:
         self._ensure_open()
         if outcome.status is RunStatus.COMPLETED:
             await self._emitter.emit(
-                EventType.AGENT_COMPLETED,
-                {"message_id": message_id, "text": outcome.text, "usage": outcome.usage.to_dict()},
+                AgentCompleted(message_id=message_id, text=outcome.text, usage=outcome.usage.to_dict())
             )
         elif outcome.status is RunStatus.CANCELLED:
-            await self._emitter.emit(EventType.AGENT_CANCELLED, {"reason": outcome.cancel_reason})
+            await self._emitter.emit(AgentCancelled(outcome.cancel_reason))
         else:
-            await self._emitter.emit(
-                EventType.AGENT_ERROR, {"code": outcome.error_code, "message": outcome.error_message}
-            )
+            await self._emitter.emit(AgentError(code=outcome.error_code, message=outcome.error_message))
 
     async def _close(self) -> None:
         """Called by the factory only: stop whatever still runs and refuse any further use."""
@@ -176,8 +173,7 @@ class UserExecutionEngine:
         if self._started and not self._emitter.terminal_sent:
             try:
                 await self._emitter.emit(
-                    EventType.AGENT_ERROR,
-                    {"code": "internal_error", "message": "The run ended without an answer."},
+                    AgentError(code="internal_error", message="The run ended without an answer.")
                 )
             except Exception:
                 log.exception("could not send the terminal event of run %s", self._context.run_id)

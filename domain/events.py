@@ -1,4 +1,4 @@
-"""The agent events of the wire protocol: their types and the event one run emits."""
+"""The agent events of the wire protocol: one payload class per type, their table, and the stored event."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 
 class EventType(StrEnum):
@@ -24,14 +25,129 @@ class EventType(StrEnum):
         return self in TERMINAL_EVENTS
 
 
-TERMINAL_EVENTS = frozenset(
-    {EventType.AGENT_COMPLETED, EventType.AGENT_ERROR, EventType.AGENT_CANCELLED}
-)
+class EventPayload:
+    """What a run says with one event: its type, whether it ends the run, and its wire `data`.
+
+    Subclasses are slotted dataclasses whose fields are the wire fields, each spelling its `data`
+    out: a delta is on the hot path, and a generic `data` (getattr over the fields) or a frozen
+    dataclass (its __init__ goes through object.__setattr__) each cost more than the rest of the
+    payload together. A payload lives only until `emit` turns it into the event's data.
+    """
+
+    __slots__ = ()
+    TYPE: ClassVar[EventType]
+    TERMINAL: ClassVar[bool] = False
+
+    def data(self) -> dict[str, Any]:
+        raise NotImplementedError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
+class AgentStarted(EventPayload):
+    TYPE = EventType.AGENT_STARTED
+    agent: str
+
+    def data(self) -> dict[str, Any]:
+        return {"agent": self.agent}
+
+
+@dataclass(slots=True)
+class AgentThinking(EventPayload):
+    TYPE = EventType.AGENT_THINKING
+    text: str
+
+    def data(self) -> dict[str, Any]:
+        return {"text": self.text}
+
+
+@dataclass(slots=True)
+class ToolExecuting(EventPayload):
+    TYPE = EventType.TOOL_EXECUTING
+    tool_call_id: str
+    tool: str
+    arguments: Any  # the parsed JSON, or the model's text when it is not JSON
+
+    def data(self) -> dict[str, Any]:
+        return {"tool_call_id": self.tool_call_id, "tool": self.tool, "arguments": self.arguments}
+
+
+@dataclass(slots=True)
+class ToolCompleted(EventPayload):
+    """`result` when the tool succeeded (even a None one), `error` instead when it failed: never both."""
+
+    TYPE = EventType.TOOL_COMPLETED
+    tool_call_id: str
+    tool: str
+    duration_ms: int
+    result: Any = None
+    error: str | None = None
+
+    def data(self) -> dict[str, Any]:
+        outcome = {"result": self.result} if self.error is None else {"error": self.error}
+        return {"tool_call_id": self.tool_call_id, "tool": self.tool, **outcome,
+                "duration_ms": self.duration_ms}
+
+
+@dataclass(slots=True)
+class AgentMessageDelta(EventPayload):
+    TYPE = EventType.AGENT_MESSAGE_DELTA
+    delta: str
+
+    def data(self) -> dict[str, Any]:
+        return {"delta": self.delta}
+
+
+@dataclass(slots=True)
+class AgentCompleted(EventPayload):
+    TYPE = EventType.AGENT_COMPLETED
+    TERMINAL = True
+    message_id: str | None
+    text: str
+    usage: Mapping[str, int]
+
+    def data(self) -> dict[str, Any]:
+        return {"message_id": self.message_id, "text": self.text, "usage": self.usage}
+
+
+@dataclass(slots=True)
+class AgentError(EventPayload):
+    TYPE = EventType.AGENT_ERROR
+    TERMINAL = True
+    code: str
+    message: str
+
+    def data(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(slots=True)
+class AgentCancelled(EventPayload):
+    TYPE = EventType.AGENT_CANCELLED
+    TERMINAL = True
+    reason: str
+
+    def data(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+
+# THE vocabulary: docs/protocol.md, the OpenAPI document and the AG-UI translation are checked
+# against it (tests/architecture/test_event_vocabulary.py).
+PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType({
+    payload.TYPE: payload for payload in (
+        AgentStarted, AgentThinking, ToolExecuting, ToolCompleted, AgentMessageDelta,
+        AgentCompleted, AgentError, AgentCancelled,
+    )
+})
+
+TERMINAL_EVENTS = frozenset(type_ for type_, payload in PAYLOADS.items() if payload.TERMINAL)
+
+
+@dataclass(slots=True)
 class AgentEvent:
-    """One event of one run; `cursor` is set by the event log when it is stored."""
+    """One event of one run; `cursor` is set by the event log when it is stored.
+
+    `data` is a plain mapping: stored events come back from the database in wire form.
+    """
 
     type: EventType
     user_id: str

@@ -15,7 +15,7 @@ from domain.emitter import RunEventEmitter
 from domain.engine import _FACTORY_KEY, UserExecutionEngine
 from domain.entities import AuditAction, AuditEntry
 from domain.errors import LimitExceeded
-from domain.events import EventType
+from domain.events import AgentError, AgentStarted
 from domain.ports import AuditLog, ChatModel, Clock, EventBridge
 from domain.tools import ToolBox
 
@@ -175,8 +175,8 @@ class ExecutionEngineFactory:
     async def reject_run(self, context: UserExecutionContext, error: LimitExceeded) -> None:
         """A run refused before it had an engine still gets its first and terminal events."""
         emitter = self.emitter_for(context)
-        await emitter.emit(EventType.AGENT_STARTED, {"agent": self._model.name})
-        await emitter.emit(EventType.AGENT_ERROR, {"code": error.code, "message": error.message})
+        await emitter.emit(AgentStarted(self._model.name))
+        await emitter.emit(AgentError(code=error.code, message=error.message))
 
     async def sweep(self) -> int:
         """Clean up engines that outlived their run by far: a leak guard, not the normal path."""

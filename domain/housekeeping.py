@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from domain.context import UserExecutionContext
 from domain.entities import AuditAction, AuditEntry, Run
-from domain.events import EventType
+from domain.events import AgentError, AgentStarted
 from domain.factory import ExecutionEngineFactory
 from domain.leases import LeasePolicy
 from domain.ports import AuditLog, Clock, EventLog, RunRepository
@@ -61,8 +61,8 @@ class Housekeeper:
             last = await self._events.last_seq(run.id)
             emitter = self._factory.emitter_for(context, after_seq=last)
             if last == 0:
-                await emitter.emit(EventType.AGENT_STARTED, {"agent": "recovery"})
-            await emitter.emit(EventType.AGENT_ERROR, {"code": INTERRUPTED, "message": INTERRUPTED_MESSAGE})
+                await emitter.emit(AgentStarted("recovery"))
+            await emitter.emit(AgentError(code=INTERRUPTED, message=INTERRUPTED_MESSAGE))
             self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_ENDED,
                                           at=self._clock.now(), run_id=run.id, outcome="failed",
                                           detail=INTERRUPTED))

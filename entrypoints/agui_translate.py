@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ from ag_ui.core import (
 )
 
 from domain.entities import Run, RunStatus
+from domain.events import EventType
 
 META = "goldenpath"  # our key in an event's metadata ("ag-ui" is reserved for the protocol)
 
@@ -93,18 +94,10 @@ class AguiTranslator:
         kind = event.get("type")
         data = event.get("data") or {}
         ts = _millis(event.get("ts"))
-        handler = {
-            "agent_thinking": self._thinking,
-            "agent_message_delta": self._delta,
-            "tool_executing": self._tool_executing,
-            "tool_completed": self._tool_completed,
-            "agent_completed": self._completed,
-            "agent_error": self._error,
-            "agent_cancelled": self._cancelled,
-        }.get(str(kind))
-        if handler is None:  # agent_started (RUN_STARTED went first), or a type added later
+        handler = HANDLERS.get(str(kind))
+        if handler is None:  # a type this server no longer emits, in a stored run
             return []
-        out = handler(data)
+        out = handler(self, data)
         for item in out:
             item.timestamp = ts
         return out
@@ -136,6 +129,9 @@ class AguiTranslator:
         return self._close_reasoning() + self._close_text()
 
     # -- each goldenpath event -------------------------------------------------------------------
+
+    def _started(self, data: Mapping[str, Any]) -> list[BaseEvent]:
+        return []  # RUN_STARTED went first, from `started`
 
     def _thinking(self, data: Mapping[str, Any]) -> list[BaseEvent]:
         self._next_turn_if_due()
@@ -249,3 +245,17 @@ class AguiTranslator:
         return self._terminal(RunErrorEvent(
             message="The event stream failed; the run goes on. Read its outcome with GET /api/runs/{id}.",
             code="stream_failed", metadata={META: {"runId": self._our_run_id}}))
+
+
+# Every goldenpath event type and what AG-UI makes of it (tests/architecture/test_event_vocabulary.py
+# checks that each type of domain/events.py has its entry).
+HANDLERS: Mapping[str, Callable[[AguiTranslator, Mapping[str, Any]], list[BaseEvent]]] = {
+    EventType.AGENT_STARTED: AguiTranslator._started,
+    EventType.AGENT_THINKING: AguiTranslator._thinking,
+    EventType.AGENT_MESSAGE_DELTA: AguiTranslator._delta,
+    EventType.TOOL_EXECUTING: AguiTranslator._tool_executing,
+    EventType.TOOL_COMPLETED: AguiTranslator._tool_completed,
+    EventType.AGENT_COMPLETED: AguiTranslator._completed,
+    EventType.AGENT_ERROR: AguiTranslator._error,
+    EventType.AGENT_CANCELLED: AguiTranslator._cancelled,
+}

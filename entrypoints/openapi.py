@@ -2,6 +2,7 @@
 
 Every schema comes from a pydantic model (`model_json_schema` through `models_json_schema`, or a
 `TypeAdapter` for a bare string); this module only says which model goes with which route and status.
+The one exception is the `data` of each agent event, written out by hand in openapi_events.py.
 `tests/e2e/test_openapi.py` fails when the app serves a route that `OPERATIONS` does not describe,
 and runs Schemathesis against a live server with this document.
 """
@@ -43,6 +44,7 @@ from entrypoints.http.schemas import (
     TokenView,
     UserView,
 )
+from entrypoints.openapi_events import describe_events
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -253,6 +255,8 @@ def openapi_document() -> dict[str, Any]:
     unique = list(dict.fromkeys(models))
     by_key, definitions = models_json_schema(unique, ref_template=REF)
     refs = {model: by_key[(model, mode)] for model, mode in unique}
+    schemas = definitions.get("$defs", {})
+    describe_events(schemas, REF)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op, refs, errors)
@@ -263,7 +267,7 @@ def openapi_document() -> dict[str, Any]:
         "tags": [{"name": name} for name in dict.fromkeys(op.tag for op in OPERATIONS)],
         "paths": paths,
         "components": {
-            "schemas": definitions.get("$defs", {}),
+            "schemas": schemas,
             "securitySchemes": {BEARER: {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                                          "description": "The access_token of POST /api/auth/login."}},
         },

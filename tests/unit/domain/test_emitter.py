@@ -9,7 +9,14 @@ import pytest
 
 from domain.context import UserExecutionContext
 from domain.emitter import MAX_IN_FLIGHT, RunEventEmitter
-from domain.events import AgentEvent, EventType
+from domain.events import (
+    AgentCancelled,
+    AgentCompleted,
+    AgentEvent,
+    AgentMessageDelta,
+    AgentStarted,
+    AgentThinking,
+)
 from tests.fakes import FixedClock
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -46,15 +53,15 @@ async def test_events_are_handed_over_in_order_without_waiting() -> None:
     publisher = HeldPublisher()
     emitter = emitter_for(publisher)
     for _ in range(5):
-        await asyncio.wait_for(emitter.emit(EventType.AGENT_MESSAGE_DELTA, {"delta": "x"}), 0.1)
+        await asyncio.wait_for(emitter.emit(AgentMessageDelta("x")), 0.1)
     assert [event.seq for event, _ in publisher.handed] == [1, 2, 3, 4, 5]
 
 
 async def test_the_terminal_event_waits_until_every_event_is_stored() -> None:
     publisher = HeldPublisher()
     emitter = emitter_for(publisher)
-    await emitter.emit(EventType.AGENT_STARTED, {"agent": "builtin"})
-    ending = asyncio.create_task(emitter.emit(EventType.AGENT_COMPLETED, {"text": "hi"}))
+    await emitter.emit(AgentStarted("builtin"))
+    ending = asyncio.create_task(emitter.emit(AgentCompleted(message_id="msg_1", text="hi", usage={})))
     await asyncio.sleep(0.01)
     assert not ending.done()
     publisher.store_all()
@@ -64,9 +71,9 @@ async def test_the_terminal_event_waits_until_every_event_is_stored() -> None:
 async def test_an_earlier_failure_surfaces_when_the_run_waits() -> None:
     publisher = HeldPublisher()
     emitter = emitter_for(publisher)
-    await emitter.emit(EventType.AGENT_STARTED, {"agent": "builtin"})
-    await emitter.emit(EventType.AGENT_THINKING, {"text": "..."})
-    ending = asyncio.create_task(emitter.emit(EventType.AGENT_COMPLETED, {"text": "hi"}))
+    await emitter.emit(AgentStarted("builtin"))
+    await emitter.emit(AgentThinking("..."))
+    ending = asyncio.create_task(emitter.emit(AgentCompleted(message_id="msg_1", text="hi", usage={})))
     await asyncio.sleep(0)
     publisher.store_all(failing_seq=2)
     with pytest.raises(RuntimeError, match="disk full"):
@@ -77,8 +84,8 @@ async def test_a_run_waits_once_too_many_events_are_in_flight() -> None:
     publisher = HeldPublisher()
     emitter = emitter_for(publisher)
     for _ in range(MAX_IN_FLIGHT - 1):
-        await emitter.emit(EventType.AGENT_MESSAGE_DELTA, {"delta": "x"})
-    blocked = asyncio.create_task(emitter.emit(EventType.AGENT_MESSAGE_DELTA, {"delta": "x"}))
+        await emitter.emit(AgentMessageDelta("x"))
+    blocked = asyncio.create_task(emitter.emit(AgentMessageDelta("x")))
     await asyncio.sleep(0.01)
     assert not blocked.done()  # bounded: a fast model cannot queue events without limit
     publisher.store_all()
@@ -88,8 +95,8 @@ async def test_a_run_waits_once_too_many_events_are_in_flight() -> None:
 async def test_a_cancelled_run_does_not_cancel_the_storing_of_its_events() -> None:
     publisher = HeldPublisher()
     emitter = emitter_for(publisher)
-    await emitter.emit(EventType.AGENT_STARTED, {"agent": "builtin"})
-    ending = asyncio.create_task(emitter.emit(EventType.AGENT_CANCELLED, {"reason": "user"}))
+    await emitter.emit(AgentStarted("builtin"))
+    ending = asyncio.create_task(emitter.emit(AgentCancelled("user")))
     await asyncio.sleep(0)
     ending.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -9,7 +9,7 @@ from dependency_injector import providers
 from container import Container
 from domain.context import UserExecutionContext
 from domain.entities import Run, RunStatus
-from domain.events import EventType
+from domain.events import AgentStarted, AgentThinking
 from tests.fakes import ScriptedModel, answer
 from tests.unit.conftest import Fakes
 
@@ -40,8 +40,8 @@ async def test_orphans_of_a_dead_process_end_interrupted_with_the_next_seq(fake_
     emitter = fake_container.engine_factory().emitter_for(UserExecutionContext(
         user_id="usr_a", thread_id="thr_a", run_id="run_dead", request_id="r",
         created_at=fakes.clock.now()))
-    await emitter.emit(EventType.AGENT_STARTED, {"agent": "builtin"})
-    await emitter.emit(EventType.AGENT_THINKING, {"text": "hm"})
+    await emitter.emit(AgentStarted("builtin"))
+    await emitter.emit(AgentThinking("hm"))
 
     recovered = await housekeeper.recover_orphans()
 
