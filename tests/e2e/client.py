@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,17 +66,66 @@ async def register(server: Server, username: str | None = None) -> User:
     return User(server=server, username=name, user_id=user_id, token=token)
 
 
-async def recv(ws: Any, timeout: float = 10) -> dict[str, Any]:
+Frame = dict[str, Any]
+
+
+# -- reading frames: every read has a deadline for the whole wait, not only for each frame -----
+
+
+async def recv(ws: Any, timeout: float = 10) -> Frame:
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
-async def until_ready(ws: Any) -> dict[str, Any]:
+async def read_until(ws: Any, done: Callable[[Frame], bool], into: list[Frame] | None = None,
+                     timeout: float = 10) -> Frame:
+    """Read frames (all kept in `into`) until one satisfies `done`; that one is returned."""
+    into = [] if into is None else into
+    async with asyncio.timeout(timeout):
+        while True:
+            into.append(frame := await recv(ws, timeout))
+            if done(frame):
+                return frame
+
+
+async def frames_until(ws: Any, done: Callable[[Frame], bool], timeout: float = 20) -> list[Frame]:
+    """Every frame up to and including the first that satisfies `done`, within `timeout` in all."""
+    frames: list[Frame] = []
+    await read_until(ws, done, frames, timeout)
+    return frames
+
+
+async def until_type(ws: Any, kind: str, timeout: float = 10) -> list[Frame]:
+    return await frames_until(ws, lambda frame: frame["type"] == kind, timeout)
+
+
+async def next_of(ws: Any, kinds: set[str], timeout: float = 10) -> Frame:
+    """The next frame of one of these types (the user's runs stream on the same socket)."""
+    return await read_until(ws, lambda frame: frame["type"] in kinds, timeout=timeout)
+
+
+async def until_ready(ws: Any) -> Frame:
     frame = await recv(ws)
     assert frame["type"] == "ready", frame
     return frame
 
 
-async def chat(ws: Any, message: str, **fields: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+async def run_events(ws: Any, run_id: str, timeout: float = 20) -> list[Frame]:
+    """The run's events up to its terminal one; other frames are skipped."""
+    frames = await frames_until(ws, lambda f: f.get("run_id") == run_id and f["type"] in TERMINAL, timeout)
+    return [frame for frame in frames if frame.get("run_id") == run_id]
+
+
+async def until_runs_end(ws: Any, runs: int, timeout: float = 20) -> list[Frame]:
+    """Every frame until `runs` terminal events have come."""
+    frames: list[Frame] = []
+    await read_until(ws, lambda _: sum(f["type"] in TERMINAL for f in frames) >= runs, frames, timeout)
+    return frames
+
+
+# -- talking --------------------------------------------------------------------------------------
+
+
+async def chat(ws: Any, message: str, **fields: Any) -> tuple[Frame, list[Frame]]:
     """Send one chat frame; return its ack and the run's events up to the terminal one."""
     await ws.send(json.dumps({"type": "chat", "message": message, **fields}))
     ack = await recv(ws)
@@ -85,41 +135,7 @@ async def chat(ws: Any, message: str, **fields: Any) -> tuple[dict[str, Any], li
     return ack, await run_events(ws, ack["run_id"])
 
 
-async def run_events(ws: Any, run_id: str, timeout: float = 20) -> list[dict[str, Any]]:
-    events = []
-    while True:
-        frame = await recv(ws, timeout)
-        if frame.get("run_id") != run_id:
-            continue
-        events.append(frame)
-        if frame["type"] in TERMINAL:
-            return events
-
-
-async def frames_until(ws: Any, done: Any, timeout: float = 20) -> list[dict[str, Any]]:
-    """Every frame up to and including the first that satisfies `done`, within `timeout` in all."""
-    frames = []
-    async with asyncio.timeout(timeout):
-        while True:
-            frames.append(await recv(ws, timeout))
-            if done(frames[-1]):
-                return frames
-
-
-async def until_type(ws: Any, kind: str, timeout: float = 10) -> list[dict[str, Any]]:
-    return await frames_until(ws, lambda frame: frame["type"] == kind, timeout)
-
-
-async def start_chat(ws: Any, message: str, **fields: Any) -> dict[str, Any]:
+async def start_chat(ws: Any, message: str, **fields: Any) -> Frame:
     """Send one chat frame and return its ack, without waiting for the run."""
     await ws.send(json.dumps({"type": "chat", "message": message, **fields}))
     return (await until_type(ws, "ack"))[-1]
-
-
-async def until_runs_end(ws: Any, runs: int, timeout: float = 20) -> list[dict[str, Any]]:
-    """Every frame until `runs` terminal events have come."""
-    frames: list[dict[str, Any]] = []
-    while sum(f["type"] in TERMINAL for f in frames) < runs:
-        frames.append(await recv(ws, timeout))
-    return frames
-

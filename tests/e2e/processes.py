@@ -12,7 +12,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,10 @@ import aiohttp
 import pytest
 
 from tests.e2e.client import Server
+from tests.helpers import free_port
 
 BIN = Path(sys.executable).parent / "goldenpath"
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass

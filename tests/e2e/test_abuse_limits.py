@@ -31,7 +31,8 @@ from entrypoints.middlewares import (
     trusted_networks,
 )
 from tests.conftest import make_settings
-from tests.e2e.client import Server, User, chat, recv, register, run_events, until_ready
+from tests.e2e.client import Server, User, chat, next_of, recv, register, run_events, until_ready
+from tests.helpers import eventually
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -48,20 +49,6 @@ async def post_message(user: User, message: str, **fields: Any) -> tuple[int, di
         user.server.base_url + "/api/chat/message", headers=user.auth, json={"message": message, **fields}
     ) as response:
         return response.status, dict(response.headers), await response.json()
-
-
-async def next_of(ws: Any, kinds: set[str], timeout: float = 10) -> dict[str, Any]:
-    """The next frame of one of these types (the user's runs stream on the same socket)."""
-    async with asyncio.timeout(timeout):
-        while (frame := await recv(ws, timeout))["type"] not in kinds:
-            pass
-    return frame
-
-
-async def eventually(check: Any, timeout: float = 5) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.02)
 
 
 # -- messages per minute --------------------------------------------------------------------------
@@ -143,7 +130,8 @@ async def test_one_socket_over_the_limit_gets_limit_exceeded_and_1013_the_others
 
         # Once one closes, a new one is taken.
         await second.close()
-        await eventually(lambda: len(bridge.connections_of(user.user_id)) == 1)
+        await eventually(lambda: len(bridge.connections_of(user.user_id)) == 1,
+                         what="the oldest socket closed, one left")
         async with user.connect() as fresh:
             await until_ready(fresh)
             await fresh.send(json.dumps({"type": "ping"}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from entrypoints.appkeys import services
 from entrypoints.run_stream import RunEventStream
 from tests.e2e.client import Server, User, register
 from tests.fakes import ScriptedModel, answer
+from tests.helpers import eventually
 from tests.overrides import replace_model
 
 EVENT = TypeAdapter(Event)
@@ -256,12 +256,12 @@ async def test_the_run_goes_on_when_the_client_goes_away(make_server) -> None:
         first = await response.content.readuntil(b"\n\n")
         run_id = parse_sse(first.decode())[0].metadata["goldenpath"]["runId"]
     # The connection is closed; the run is not.
-    for _ in range(100):
+    async def completed() -> bool:
         status, run = await user.http("GET", f"/api/runs/{run_id}")
-        if run["status"] == "completed":
-            break
-        await asyncio.sleep(0.1)
-    assert status == 200 and run["status"] == "completed"
+        assert status == 200, run
+        return run["status"] == "completed"
+
+    await eventually(completed, what="the run completing without its client", interval=0.1)
 
 
 async def test_bad_bodies_get_our_error_form(server: Server) -> None:

@@ -27,6 +27,7 @@ import pytest
 
 from adapters.models.builtin import BuiltinChatModel
 from tests.e2e.client import TERMINAL, Server, User, register, until_ready
+from tests.helpers import eventually
 from tests.overrides import replace_model
 
 SECRET = f"Wombat{secrets.token_hex(5)}"
@@ -92,12 +93,9 @@ async def collect(ws: Any, frames: list[dict[str, Any]]) -> None:
 
 
 async def wait_for(frames: list[dict[str, Any]], done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    async with asyncio.timeout(TIMEOUT_S):
-        while True:
-            found = next((f for f in frames if done(f)), None)
-            if found is not None:
-                return found
-            await asyncio.sleep(0.01)
+    """The first frame the background reader collected into `frames` that satisfies `done`."""
+    return await eventually(lambda: next((f for f in frames if done(f)), None), TIMEOUT_S,
+                            what="a matching frame from the background reader", interval=0.01)
 
 
 async def request(user: User, method: str, path: str, **kwargs: Any) -> tuple[int, str, str]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import secrets
 import threading
@@ -51,6 +52,7 @@ from loguru import logger
 from container import Container
 from tests.conftest import make_settings, start_server
 from tests.e2e.client import TERMINAL, User, chat, register, until_ready
+from tests.helpers import eventually
 
 SECRET = f"Quokka{secrets.token_hex(5)}"
 FRAME_LIMIT = 64 * 1024  # server.ws_max_frame_bytes (the default, set below)
@@ -706,16 +708,18 @@ async def play(world: World, actions: list[Action]) -> None:
 async def final_checks(world: World) -> None:
     """Every run of A ends; then a fresh socket of A gets a normal answer."""
     statuses: dict[str, Any] = {}
-    for _ in range(100):
+
+    def stuck() -> dict[str, Any]:
+        return {k: v for k, v in statuses.items() if v["status"] not in {"completed", "failed", "cancelled"}}
+
+    async def all_ended() -> bool:
         for run_id in world.a_runs:
             status, body = await world.a.http("GET", f"/api/runs/{run_id}")
             assert status == 200, body
             statuses[run_id] = body
-        if all(body["status"] in {"completed", "failed", "cancelled"} for body in statuses.values()):
-            break
-        await asyncio.sleep(0.1)
-    stuck = {k: v for k, v in statuses.items() if v["status"] not in {"completed", "failed", "cancelled"}}
-    assert not stuck, f"runs of A that never ended: {stuck}"
+        return not stuck()
+
+    await eventually(all_ended, 20, what=lambda: f"the end of these runs of A: {stuck()}", interval=0.1)
     async with world.a.connect() as ws:
         await until_ready(ws)
         _, events = await chat(ws, "What is 17 * 23?")
@@ -763,7 +767,8 @@ def test_random_frame_sequences_never_break_the_socket_or_leak(tmp_path: Path) -
         world = World(a=a, b=b)
         world.problems = problems
         chatter = asyncio.run_coroutine_threadsafe(b_chatter(world, stop), harness.loop)
-        harness.call(_until(lambda: len(world.b_ended) >= 2 and world.b_cursors, 20))
+        harness.call(eventually(lambda: len(world.b_ended) >= 2 and world.b_cursors, 20,
+                                what="B's chatter ending two runs"))
 
         def pinned(fn: Any) -> Any:
             for actions in reversed(PINNED):
@@ -801,22 +806,10 @@ def test_random_frame_sequences_never_break_the_socket_or_leak(tmp_path: Path) -
     finally:
         stop.set()
         if chatter is not None:
-            harness.call(_settle(chatter), 40)
+            with contextlib.suppress(AssertionError):  # the test's own failure, if any, says more
+                harness.call(eventually(chatter.done, 30, what="B's chatter stopping"), 40)
         harness.stop()
         logger.remove(sink)
-
-
-async def _settle(future: concurrent.futures.Future[None]) -> None:
-    for _ in range(300):
-        if future.done():
-            return
-        await asyncio.sleep(0.1)
-
-
-async def _until(condition: Any, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)
 
 
 def test_the_oracle_itself() -> None:

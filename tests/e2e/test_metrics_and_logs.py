@@ -29,6 +29,7 @@ from entrypoints.appkeys import services
 from entrypoints.metrics import METRICS
 from tests.conftest import make_settings
 from tests.e2e.client import PASSWORD, Server, chat, register, until_ready
+from tests.helpers import eventually
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -47,13 +48,6 @@ async def scrape(server: Server) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -115,7 +109,7 @@ async def test_metrics_after_a_chat(make_server: Any) -> None:
     async def sockets_closed() -> bool:
         return value(await scrape(server), "goldenpath_websockets_open") == 0
 
-    await eventually(sockets_closed)
+    await eventually(sockets_closed, what="every socket closed in the gauge")
 
 
 async def test_the_lag_probe_measures_a_blocked_loop(make_server: Any) -> None:
@@ -127,7 +121,7 @@ async def test_the_lag_probe_measures_a_blocked_loop(make_server: Any) -> None:
         return sum(probe.counts) > counted
 
     time.sleep(probe.interval_s + 0.3)  # block the loop: the probe's wake-up is late by >= 0.3 s
-    await eventually(measured_again)
+    await eventually(measured_again, what="a probe wake-up after the blocked loop")
     assert probe.last_s >= 0.25
     samples = await scrape(server)
     assert value(samples, "goldenpath_event_loop_wakeup_lag_seconds_sum") >= 0.25

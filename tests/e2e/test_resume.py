@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
@@ -11,6 +10,7 @@ import websockets
 
 from entrypoints.appkeys import services
 from tests.e2e.client import TERMINAL, Server, frames_until, recv, register, until_ready
+from tests.helpers import eventually
 
 SLOW = {"model": {"builtin_delay_ms": 30}}
 STORY = "tell me a story"  # the builtin model's long fallback answer: ~30 deltas
@@ -18,6 +18,10 @@ STORY = "tell me a story"  # the builtin model's long fallback answer: ~30 delta
 
 def run_frames(frames: list[dict], run_id: str) -> list[dict]:
     return [f for f in frames if f.get("run_id") == run_id and f["type"] != "ack"]
+
+
+async def _stored_past(user, run_id: str, seq: int) -> bool:
+    return any(event["seq"] > seq for event in await full_run(user, run_id))
 
 
 async def full_run(user, run_id: str) -> list[dict]:
@@ -38,7 +42,9 @@ async def test_resume_by_cursor_mid_run_gets_the_rest_exactly_once(make_server) 
         seen = await frames_until(ws, lambda f: f["type"] == "agent_message_delta")
         run_id = seen[0]["run_id"]
     cursor = seen[-1]["cursor"]
-    await asyncio.sleep(0.1)  # events go on while nobody listens
+    # Events go on while nobody listens: wait until some are stored past the cursor.
+    await eventually(lambda: _stored_past(user, run_id, seen[-1]["seq"]),
+                     what="events stored while no socket listened")
     async with user.connect() as ws:
         await until_ready(ws)
         await ws.send(json.dumps({"type": "resume", "cursor": cursor}))
@@ -56,10 +62,10 @@ async def test_resume_after_the_run_ended_and_by_run_and_seq(make_server) -> Non
         await ws.send(json.dumps({"type": "chat", "message": "What is 17 * 23?"}))
         first = await frames_until(ws, lambda f: f["type"] == "tool_executing")
         run_id = first[-1]["run_id"]
-    for _ in range(100):
-        if (await user.http("GET", f"/api/runs/{run_id}"))[1]["status"] == "completed":
-            break
-        await asyncio.sleep(0.05)
+    async def completed() -> bool:
+        return (await user.http("GET", f"/api/runs/{run_id}"))[1]["status"] == "completed"
+
+    await eventually(completed, what="the run completing", interval=0.05)
     everything = await full_run(user, run_id)
     async with user.connect() as ws:
         await until_ready(ws)

@@ -31,7 +31,7 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from tests.e2e.client import TERMINAL, User, register, until_ready
+from tests.e2e.client import TERMINAL, User, read_until, register, until_ready
 from tests.e2e.processes import (  # noqa: F401  (procs_fixture is the `procs` fixture)
     POSTGRES_HOST,
     POSTGRES_PORT,
@@ -90,17 +90,6 @@ def on(user: User, process: ServerProcess) -> User:
 
 
 # -- reading frames, always with a deadline ------------------------------------------------------
-
-
-async def read_until(ws: Any, done: Callable[[Frame], bool], into: list[Frame],
-                     timeout: float = 10) -> Frame:
-    """Read frames (all kept in `into`) until one satisfies `done`; that one is returned."""
-    async with asyncio.timeout(timeout):
-        while True:
-            frame = json.loads(await ws.recv())
-            into.append(frame)
-            if done(frame):
-                return frame
 
 
 async def drain(ws: Any, into: list[Frame], quiet: float = 0.4, cap: float = 5) -> None:

@@ -146,19 +146,20 @@ async def test_last_seq_counts_appends_not_yet_stored(db: Database) -> None:
         await log.append(event("run_2", 7, at(0)))
         assert await log.last_seq("run_1") == 3
 
-        gate = asyncio.Event()
+        gate, holding = asyncio.Event(), asyncio.Event()
         insert = log._insert
 
         async def held_insert(conn: Any, rows: list[dict[str, Any]]) -> None:
+            holding.set()
             await gate.wait()
             await insert(conn, rows)
 
         log._insert = held_insert  # type: ignore[method-assign]
         appends = [asyncio.create_task(log.append(event("run_1", seq, at(seq))))
                    for seq in (4, 5, 6)]
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(holding.wait(), 10)  # the appends are in flight, held at the insert
         asking = asyncio.create_task(log.last_seq("run_1"))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # a wrong answer would come at once; a right one waits for the gate
         assert [e.seq for e in await log.read_run("usr_a", "run_1")] == [1, 2, 3]  # not stored yet
         assert not asking.done() and not any(a.done() for a in appends)
         gate.set()

@@ -30,6 +30,7 @@ from domain.llm import (
 )
 from domain.tools import ToolBox, builtin_tools
 from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds
+from tests.helpers import eventually
 from tests.integration import fake_openai_server as reply
 from tests.integration.fake_openai_server import FakeOpenAI
 
@@ -288,8 +289,7 @@ async def test_closing_early_closes_the_http_response(fake: FakeOpenAI, make_mod
 async def test_cancellation_propagates(fake: FakeOpenAI, make_model: MakeModel) -> None:
     fake.always(reply.hang(5.0))
     task = asyncio.create_task(collect(make_model()))
-    while not fake.received:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: fake.received, what="the request reaching the fake server")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
