@@ -14,7 +14,7 @@ from domain.context import UserExecutionContext
 from domain.errors import ModelError
 from domain.llm import ToolCallDelta, ToolSpec
 from entrypoints.appkeys import services
-from tests.e2e.client import Server, chat, register, until_ready
+from tests.e2e.client import Server, chat, frames_until, read_until, register, until_ready
 from tests.fakes import ScriptedModel
 from tests.overrides import replace_calculator, replace_model
 
@@ -82,8 +82,7 @@ async def test_a_cpu_heavy_tool_does_not_stop_other_users_streams(make_server) -
         await until_ready(ws_burn)
         await until_ready(ws_other)
         await ws_burn.send(json.dumps({"type": "chat", "message": "What is 17 * 23?"}))
-        while json.loads(await ws_burn.recv())["type"] != "tool_executing":
-            pass
+        await read_until(ws_burn, lambda f: f["type"] == "tool_executing")
         gaps, last = [], time.monotonic()
         started = last
         while time.monotonic() - started < 1.5:  # the other user chats while the tool burns
@@ -95,9 +94,7 @@ async def test_a_cpu_heavy_tool_does_not_stop_other_users_streams(make_server) -
                 last = now
                 if frame["type"] == "agent_completed":
                     break
-        burn_events = []
-        while not burn_events or burn_events[-1]["type"] != "agent_completed":
-            burn_events.append(json.loads(await asyncio.wait_for(ws_burn.recv(), 10)))
+        burn_events = await frames_until(ws_burn, lambda f: f["type"] == "agent_completed")
     # On the loop the burn would stall everyone for 2 s; in a thread it only shares the GIL
     # (gaps up to ~0.35 s seen on 2 cores, with the database thread competing too).
     assert max(gaps) < 1.0, f"the other user's stream stalled for {max(gaps):.2f} s"

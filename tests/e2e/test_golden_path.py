@@ -119,6 +119,6 @@ async def test_the_server_pings_idle_sockets(make_server) -> None:
     async with aiohttp.ClientSession() as session, session.ws_connect(
             server.ws_url, headers=user.auth, autoping=False) as ws:
         assert (await ws.receive_json())["type"] == "ready"
-        msg = await ws.receive(timeout=2)
+        msg = await ws.receive(timeout=10)  # a wait for the ping, not a bound on it: generous
         assert msg.type is aiohttp.WSMsgType.PING
         await ws.pong(msg.data)

@@ -225,7 +225,7 @@ async def test_cut_socket_mid_run_reconnects_and_the_run_finishes(make_server: A
         await connection.close(1012, "test cuts the socket")
 
     banner = by_id(page, "reconnecting-banner")
-    await page.wait_for_function("window.__bannerShown > 0", timeout=3_000)
+    await page.wait_for_function("window.__bannerShown > 0", timeout=WAIT_MS)
     await expect(banner).to_be_hidden(timeout=WAIT_MS)  # reconnected
     # The page was back while the run still went on: the rest of it streamed over the new socket.
     assert await page.evaluate("window.__statusOnReconnect") == "running"
