@@ -10,7 +10,7 @@ from typing import Protocol
 from loguru import logger
 
 from adapters.event_bus import Envelope, EventBus
-from adapters.websocket import SocketConnection
+from adapters.follow import Position, ReadStored
 from domain.events import AgentEvent
 from domain.ports import EventLog
 
@@ -22,6 +22,15 @@ class Subscriber(Protocol):
     connection_id: str
 
     def deliver(self, envelope: Envelope) -> bool: ...
+
+    @property
+    def high_cursor(self) -> str | None:
+        """The newest event it has (None: none yet, or it needs no cursor to catch up)."""
+        ...
+
+    async def catch_up(self, read: ReadStored) -> None:
+        """The bus was away: `read` gives the user's stored events since it stood at the loss."""
+        ...
 
 
 def envelope_of(event: AgentEvent) -> Envelope:
@@ -64,7 +73,7 @@ class AgentWebSocketBridge:
 
     def register(self, subscriber: Subscriber) -> None:
         self._subscribers[subscriber.user_id][subscriber.connection_id] = subscriber
-        if self._bus_down and isinstance(subscriber, SocketConnection):
+        if self._bus_down:
             # Opened while the bus is away: catch it up too, from the newest event seen here.
             self._lost_at.setdefault(subscriber.connection_id, self._last_cursor)
 
@@ -100,28 +109,27 @@ class AgentWebSocketBridge:
     # -- the bus as a listener sees it ------------------------------------------------------------
 
     def bus_lost(self) -> None:
-        """Remember where each socket stood: what other processes publish now will not arrive."""
+        """Remember where each subscriber stood: what other processes publish now will not arrive."""
         self._bus_down = True
         for subscriber in self.connections():
-            if isinstance(subscriber, SocketConnection) and subscriber.connection_id not in self._lost_at:
-                self._lost_at[subscriber.connection_id] = subscriber.high_cursor or self._last_cursor
+            self._lost_at.setdefault(subscriber.connection_id, subscriber.high_cursor or self._last_cursor)
 
     async def bus_restored(self) -> None:
-        """Catch every socket up from the log, from where it stood when the bus went away."""
+        """Catch every subscriber up from the log, from where it stood when the bus went away."""
         self._bus_down = False
         lost_at, self._lost_at = self._lost_at, {}
         for subscriber in self.connections():
-            if not isinstance(subscriber, SocketConnection) or subscriber.connection_id not in lost_at:
+            if subscriber.connection_id not in lost_at:
                 continue
-            subscriber.hold_live_events()
             try:
-                stored = await self._log.read_user(subscriber.user_id, lost_at[subscriber.connection_id])
+                await subscriber.catch_up(self._reader(subscriber.user_id, lost_at[subscriber.connection_id]))
             except Exception:
-                subscriber.release_live_events()
-                logger.exception("could not catch socket {} up after the bus returned",
-                                 subscriber.connection_id)
-                continue
-            await subscriber.replay(map(envelope_of, stored), skip_sent=True)
+                logger.exception("could not catch {} up after the bus returned", subscriber.connection_id)
+
+    def _reader(self, user_id: str, since: str | None) -> ReadStored:
+        async def read(_: Position) -> list[Envelope]:
+            return [envelope_of(event) for event in await self._log.read_user(user_id, since)]
+        return read
 
     def deliver(self, envelope: Envelope) -> None:
         if self._last_cursor is None or envelope.cursor > self._last_cursor:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 from loguru import logger
 
 from adapters.event_bus import Envelope
+from adapters.follow import LiveQueue, Position, ReadStored, follow
 
 CLOSE_TOO_SLOW = 4408
 REPLAY_PATIENCE_S = 10.0
@@ -22,7 +22,7 @@ class SocketConnection:
 
     It remembers the last seq it sent of each run and drops anything at or below it, so no
     event reaches it twice whatever path it comes by (live, a resume, a catch-up after the bus
-    was lost). During a replay, live events are held back and released after it.
+    was lost). During a replay, live events are held back and `follow` sends them after it.
     """
 
     def __init__(self, ws: web.WebSocketResponse, *, user_id: str, connection_id: str,
@@ -33,16 +33,20 @@ class SocketConnection:
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(max_queue)
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        self._held: list[Envelope] | None = None
+        self._held: LiveQueue | None = None
         self._first_frame_pending = False
-        self._sent_seq: dict[str, int] = {}
-        self.high_cursor: str | None = None
+        self._replaying = asyncio.Lock()
+        self._sent = Position()
         self.sent = 0
         self.dropped = 0
 
     @property
     def closing(self) -> bool:
         return self._closing
+
+    @property
+    def high_cursor(self) -> str | None:
+        return self._sent.cursor
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer:{self.connection_id}")
@@ -66,68 +70,79 @@ class SocketConnection:
 
     def deliver(self, envelope: Envelope) -> bool:
         """A live event from the bridge."""
+        if self._closing:
+            self.dropped += 1
+            return False
         if self._held is not None:
-            if len(self._held) >= self._queue.maxsize:
+            if not self._held.put(envelope):
                 self._too_slow()
                 return False
-            self._held.append(envelope)
             return True
-        if envelope.seq <= self._sent_seq.get(envelope.run_id, 0):
+        if not self._sent.is_new(envelope):
             return True
         if not self.send(envelope.frame):
             return False
-        self._note_sent(envelope)
+        self._sent.note(envelope)
         return True
-
-    def _note_sent(self, envelope: Envelope) -> None:
-        self._sent_seq[envelope.run_id] = max(self._sent_seq.get(envelope.run_id, 0), envelope.seq)
-        if self.high_cursor is None or envelope.cursor > self.high_cursor:
-            self.high_cursor = envelope.cursor
 
     # -- resume -------------------------------------------------------------------------------
 
-    def hold_live_events(self) -> None:
+    def _hold(self) -> LiveQueue:
         if self._held is None:
-            self._held = []
+            self._held = LiveQueue(self._queue.maxsize)
+        return self._held
 
     def hold_until_first_frame(self, patience_s: float) -> None:
         """A new socket's first frame is often a resume: live events wait so the replay comes first.
 
         A client that only listens gets them after `patience_s` at the latest.
         """
-        self.hold_live_events()
+        self._hold()
         self._first_frame_pending = True
         asyncio.get_running_loop().call_later(patience_s, self.first_frame_handled)
 
     def first_frame_handled(self) -> None:
         if self._first_frame_pending:
             self._first_frame_pending = False
-            self.release_live_events()
+            self._release()
 
-    async def replay(self, stored: Iterable[Envelope], *, skip_sent: bool = False) -> None:
-        """Send stored events (waiting for room, not dropping), then the live ones held meanwhile.
+    async def resume(self, read: ReadStored, since: Position) -> None:
+        """Send the stored events after `since`, then the live ones held meanwhile (`follow` merges them).
 
-        A client's resume gets what it asked for; a catch-up (`skip_sent`) only what is missing.
+        It waits for room in the queue instead of dropping; one replay at a time keeps them in order.
         """
-        for envelope in stored:
-            if self._closing:
-                return
-            if skip_sent and envelope.seq <= self._sent_seq.get(envelope.run_id, 0):
-                continue
-            try:
-                async with asyncio.timeout(REPLAY_PATIENCE_S):
-                    await self._queue.put(envelope.frame)
-            except TimeoutError:
-                self._too_slow()
-                return
-            self._note_sent(envelope)
-        self.release_live_events()
+        try:
+            async with self._replaying:
+                events = follow(self._hold(), read, since, caught_up_only=True)
+                async with contextlib.aclosing(events):
+                    async for envelope in events:
+                        if envelope is not None and not await self._put_waiting(envelope):
+                            return
+        finally:
+            self._release()
 
-    def release_live_events(self) -> None:
-        if self._first_frame_pending:
-            return  # still waiting for the client's first frame (see hold_until_first_frame)
-        held, self._held = self._held or [], None
-        for envelope in held:
+    async def catch_up(self, read: ReadStored) -> None:
+        """After the bus was away: only the stored events this socket has not sent."""
+        await self.resume(read, self._sent.copy())
+
+    async def _put_waiting(self, envelope: Envelope) -> bool:
+        if self._closing:
+            return False
+        try:
+            async with asyncio.timeout(REPLAY_PATIENCE_S):
+                await self._queue.put(envelope.frame)
+        except TimeoutError:
+            self._too_slow()
+            return False
+        self._sent.note(envelope)
+        return not self._closing
+
+    def _release(self) -> None:
+        # The client's first frame, or a replay, is still under way: it releases them when done.
+        if self._first_frame_pending or self._replaying.locked():
+            return
+        held, self._held = self._held, None
+        for envelope in held.drain() if held is not None else ():
             self.deliver(envelope)
 
     # -- closing ------------------------------------------------------------------------------

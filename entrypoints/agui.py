@@ -8,9 +8,8 @@ and it goes on if the HTTP client goes away.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from ag_ui.core import (
@@ -23,17 +22,18 @@ from ag_ui.encoder import EventEncoder
 from aiohttp import web
 from loguru import logger
 
+from adapters.bridge import envelope_of
+from adapters.event_bus import Envelope
+from adapters.follow import Position, follow
 from domain.chat import Submission
 from domain.errors import NotFound
 from entrypoints.agui_translate import AguiTranslator
 from entrypoints.appkeys import SETTINGS, USER, Services, services
 from entrypoints.errors import ApiError
+from entrypoints.fields import MAX_ID_CHARS
 from entrypoints.http.bodies import read_body
 from entrypoints.middlewares import request_id_of
 from entrypoints.run_stream import RunEventStream
-
-MAX_ID_CHARS = 128
-
 
 # -- the request ------------------------------------------------------------------------------------
 
@@ -77,7 +77,7 @@ async def _submit(found: Services, request: web.Request, body: RunAgentInput, te
 
 
 class _Pump:
-    """Writes one run's events to the response: the log first, then live, filling gaps from the log."""
+    """Writes one run's events to the response as `follow` gives them: the log first, then live."""
 
     def __init__(self, found: Services, user_id: str, run_id: str, stream: RunEventStream,
                  translator: AguiTranslator, response: web.StreamResponse, keepalive_s: float) -> None:
@@ -89,58 +89,36 @@ class _Pump:
         self._translator = translator
         self._response = response
         self._encoder = EventEncoder()
-        self._last = 0
+        self._final_seen = False
 
     async def write(self, events: list[BaseEvent]) -> None:
         if events:
             await self._response.write("".join(map(self._encoder.encode, events)).encode())
 
-    async def _take(self, event: Mapping[str, Any]) -> None:
-        self._last = int(event["seq"])
-        await self.write(self._translator.feed(event))
-
-    async def _catch_up(self) -> None:
-        for stored in await self._found.conversations.run_events(self._user_id, self._run_id, self._last):
-            if self._translator.finished:
-                return
-            if stored.seq > self._last:
-                await self._take(stored.to_wire())
+    async def _stored(self, at: Position) -> list[Envelope]:
+        stored = await self._found.conversations.run_events(self._user_id, self._run_id, at.seq(self._run_id))
+        return [envelope_of(event) for event in stored]
 
     async def run(self) -> None:
-        await self._catch_up()
-        final_seen = False
-        while not self._translator.finished:
-            if self._stream.overflowed:
-                self._stream.restart()
-                await self._catch_up()
-                continue
-            try:
-                async with asyncio.timeout(self._keepalive_s):
-                    envelope = await self._stream.queue.get()
-            except TimeoutError:
-                await self._response.write(b": keepalive\n\n")
-                final_seen = await self._idle(final_seen)
-                continue
-            if envelope.run_id != self._run_id or envelope.seq <= self._last:
-                continue
-            if envelope.seq > self._last + 1:
-                await self._catch_up()
-                if envelope.seq <= self._last:
+        events = follow(self._stream, self._stored, Position(), run_id=self._run_id, idle_s=self._keepalive_s)
+        async with contextlib.aclosing(events):
+            async for envelope in events:
+                if envelope is not None:
+                    await self.write(self._translator.feed(json.loads(envelope.frame)))
                     continue
-            await self._take(json.loads(envelope.frame))
+                await self._response.write(b": keepalive\n\n")
+                if await self._ended_without_terminal():
+                    return
 
-    async def _idle(self, final_seen: bool) -> bool:
-        """Nothing came for a while: read the log (live events can be lost while a bus is down); a run
-        final for two idle periods with no terminal event in the log lost it (pruned): end from its status."""
-        await self._catch_up()
-        if self._translator.finished:
-            return True
+    async def _ended_without_terminal(self) -> bool:
+        """Idle, and the log has nothing more (follow read it again): a run final for two idle periods
+        with no terminal event lost it (pruned), so the stream ends from the run's status."""
         run = await self._found.conversations.run(self._user_id, self._run_id)
-        if not run.status.is_final:
-            return False
-        if final_seen:
+        if run.status.is_final and self._final_seen:
             await self.write(self._translator.from_run(run))
-        return True
+            return True
+        self._final_seen = run.status.is_final
+        return False
 
 
 async def agui_run(request: web.Request) -> web.StreamResponse:

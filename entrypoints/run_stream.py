@@ -2,39 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 from adapters.event_bus import Envelope
+from adapters.follow import LiveQueue, ReadStored
 
 
-class RunEventStream:
-    """Keeps one run's events in a bounded queue; on overflow the caller reads the log instead.
+class RunEventStream(LiveQueue):
+    """One run's live events for `follow`, in a bounded queue; on overflow the follower reads the log.
 
     Registered before the run exists (AG-UI submits after subscribing), it keeps all of the
     user's events until it learns the run's id, then only that run's.
     """
 
+    high_cursor: str | None = None  # a catch-up needs no cursor: the follower re-reads its own run
+
     def __init__(self, user_id: str, max_queue: int, *, run_id: str | None = None,
                  prefix: str = "stream") -> None:
+        super().__init__(max_queue)
         self.user_id = user_id
         self.connection_id = f"{prefix}_{secrets.token_hex(8)}"
         self.run_id = run_id
-        self.queue: asyncio.Queue[Envelope] = asyncio.Queue(max_queue)
-        self.overflowed = False
 
     def deliver(self, envelope: Envelope) -> bool:
         if self.run_id is not None and envelope.run_id != self.run_id:
             return True
-        try:
-            self.queue.put_nowait(envelope)
-        except asyncio.QueueFull:
-            self.overflowed = True
-            return False
-        return True
+        return self.put(envelope)
 
-    def restart(self) -> None:
-        """After an overflow: drop what is queued; the caller reads the log from where it stood."""
-        self.overflowed = False
-        while not self.queue.empty():
-            self.queue.get_nowait()
+    async def catch_up(self, read: ReadStored) -> None:
+        """Events went by while the bus was away: the follower re-reads the log from where it stood."""
+        self.overflowed = True

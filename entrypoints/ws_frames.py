@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from loguru import logger
 
 from adapters.bridge import envelope_of
+from adapters.event_bus import Envelope
+from adapters.follow import Position
 from adapters.websocket import SocketConnection
 from domain.chat import ChatService
 from domain.conversations import ConversationService
@@ -119,17 +122,13 @@ class FrameDispatcher:
         if cursor is not None:
             if not isinstance(cursor, str) or not cursor or len(cursor) > _MAX_ID:
                 raise FrameError("invalid_message", "'cursor' must be a cursor this server gave out.")
-            self._connection.hold_live_events()
+
+            async def after_cursor(_: Position) -> Iterable[Envelope]:
+                return map(envelope_of, await self._conversations.events_after_cursor(user_id, cursor))
             try:
-                stored = await self._conversations.events_after_cursor(user_id, cursor)
+                await self._connection.resume(after_cursor, Position(cursor=cursor))
             except CursorExpired:
-                self._connection.release_live_events()
                 self._connection.send_json({"type": "resync", "reason": "cursor_expired"})
-                return
-            except BaseException:
-                self._connection.release_live_events()
-                raise
-            await self._connection.replay(map(envelope_of, stored))
             return
         if run_id is None:
             raise FrameError("invalid_message", "A resume frame needs 'cursor', or 'run_id' and 'after_seq'.")
@@ -137,13 +136,10 @@ class FrameDispatcher:
         after_seq = frame.get("after_seq", 0)
         if not isinstance(after_seq, int) or isinstance(after_seq, bool) or not 0 <= after_seq < 2**31:
             raise FrameError("invalid_message", "'after_seq' must be a whole number, 0 or more.")
-        self._connection.hold_live_events()
-        try:
-            stored = await self._conversations.run_events(user_id, run_id, after_seq)
-        except BaseException:
-            self._connection.release_live_events()
-            raise
-        await self._connection.replay(map(envelope_of, stored))
+
+        async def of_run(_: Position) -> Iterable[Envelope]:
+            return map(envelope_of, await self._conversations.run_events(user_id, run_id, after_seq))
+        await self._connection.resume(of_run, Position({run_id: after_seq}))
 
     async def _ping_frame(self, frame: dict[str, Any]) -> None:
         self._connection.send_json({"type": "pong"})

@@ -255,6 +255,12 @@ class RecordingSocket:
         self.frames.append(json.loads(envelope.frame))
         return True
 
+    high_cursor = None  # catches up from where the bridge saw the bus go
+
+    async def catch_up(self, read) -> None:
+        for envelope in await read(None):
+            self.deliver(envelope)
+
 
 class ScriptedModel:
     """A chat model that plays back scripted steps: each step a list of chunks, or an exception.

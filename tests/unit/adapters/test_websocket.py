@@ -1,0 +1,130 @@
+"""SocketConnection with a fake aiohttp socket: a bounded queue, per-run seq dedupe, replay then held live."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from adapters.event_bus import Envelope
+from adapters.follow import Position
+from adapters.websocket import SocketConnection
+from tests.helpers import eventually
+from tests.unit.adapters.test_follow import envelope
+
+
+class FakeWebSocket:
+    """The two aiohttp WebSocketResponse methods that SocketConnection calls; paused, it reads nothing."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.closed_with: tuple[int, bytes] | None = None
+        self._reading = asyncio.Event()
+        self._reading.set()
+
+    def pause(self) -> None:
+        self._reading.clear()
+
+    async def send_str(self, data: str) -> None:
+        await self._reading.wait()
+        self.sent.append(json.loads(data))
+
+    async def close(self, *, code: int = 1000, message: bytes = b"") -> bool:
+        self.closed_with = (code, message)
+        return True
+
+    def seqs(self) -> list[tuple[str, int]]:
+        return [(frame["run_id"], frame["seq"]) for frame in self.sent]
+
+
+def connect(max_queue: int = 16) -> tuple[SocketConnection, FakeWebSocket]:
+    ws = FakeWebSocket()
+    connection = SocketConnection(ws, user_id="usr_a", connection_id="conn_test",  # type: ignore[arg-type]
+                                  max_queue=max_queue)
+    connection.start()
+    return connection, ws
+
+
+async def test_a_client_too_slow_to_drain_its_queue_is_closed_with_4408() -> None:
+    connection, ws = connect(max_queue=16)
+    ws.pause()
+    delivered = [connection.deliver(envelope("run_a", seq, seq)) for seq in range(1, 20)]
+    assert delivered[:16] == [True] * 16 and delivered[-1] is False
+    await eventually(lambda: ws.closed_with, what="the 4408 close")
+    assert ws.closed_with is not None and ws.closed_with[0] == 4408
+    assert connection.closing
+
+
+async def test_an_event_at_or_below_the_last_sent_seq_of_its_run_is_dropped() -> None:
+    connection, ws = connect()
+    for run_id, seq in [("run_a", 1), ("run_a", 2), ("run_a", 2), ("run_a", 1), ("run_b", 1), ("run_a", 3)]:
+        assert connection.deliver(envelope(run_id, seq, seq))
+    await eventually(lambda: len(ws.sent) == 4, what=lambda: f"four frames, not {ws.seqs()}")
+    assert ws.seqs() == [("run_a", 1), ("run_a", 2), ("run_b", 1), ("run_a", 3)]
+    await connection.close()
+
+
+async def test_a_resume_sends_the_replay_then_the_live_events_held_meanwhile_once() -> None:
+    connection, ws = connect()
+    connection.hold_until_first_frame(patience_s=60)
+    connection.deliver(envelope("run_b", 1, 1))  # live before the resume frame: held
+    stored = [envelope("run_a", seq, seq + 1) for seq in (1, 2, 3)]
+
+    async def read(_: Position) -> list[Envelope]:
+        connection.deliver(envelope("run_a", 3, 4))  # stored and live both: sent once
+        connection.deliver(envelope("run_a", 4, 5))  # live only
+        return stored
+
+    await connection.resume(read, Position({"run_a": 0}))
+    connection.first_frame_handled()
+    connection.deliver(envelope("run_a", 5, 6))
+    await eventually(lambda: len(ws.sent) == 6, what=lambda: f"six frames, not {ws.seqs()}")
+    assert ws.seqs() == [("run_a", 1), ("run_a", 2), ("run_a", 3), ("run_b", 1), ("run_a", 4), ("run_a", 5)]
+    assert connection.high_cursor == f"{6:020d}"
+    await connection.close()
+
+
+async def test_a_client_resume_gets_what_it_asked_for_a_catch_up_only_what_is_missing() -> None:
+    connection, ws = connect()
+    for seq in (1, 2):
+        connection.deliver(envelope("run_a", seq, seq))
+    stored = [envelope("run_a", seq, seq) for seq in (1, 2, 3)]
+
+    async def read(_: Position) -> list[Envelope]:
+        return stored
+
+    await connection.catch_up(read)
+    await eventually(lambda: len(ws.sent) == 3, what=lambda: f"three frames, not {ws.seqs()}")
+    await connection.resume(read, Position({"run_a": 1}))
+    await eventually(lambda: len(ws.sent) == 5, what=lambda: f"five frames, not {ws.seqs()}")
+    assert ws.seqs() == [("run_a", 1), ("run_a", 2), ("run_a", 3), ("run_a", 2), ("run_a", 3)]
+    await connection.close()
+
+
+async def test_live_events_held_past_the_queue_size_during_a_resume_close_with_4408() -> None:
+    connection, ws = connect(max_queue=16)
+
+    async def read(_: Position) -> list[Envelope]:
+        for seq in range(1, 18):
+            connection.deliver(envelope("run_a", seq, seq))
+        return []
+
+    await connection.resume(read, Position())
+    await eventually(lambda: ws.closed_with, what="the 4408 close")
+    assert ws.closed_with is not None and ws.closed_with[0] == 4408
+
+
+async def test_a_failed_read_releases_the_held_live_events() -> None:
+    connection, ws = connect()
+
+    async def read(_: Position) -> list[Envelope]:
+        connection.deliver(envelope("run_a", 1, 1))
+        raise ConnectionError("the database went away")
+
+    with pytest.raises(ConnectionError):
+        await connection.resume(read, Position())
+    connection.deliver(envelope("run_a", 2, 2))
+    await eventually(lambda: len(ws.sent) == 2, what=lambda: f"two frames, not {ws.seqs()}")
+    assert ws.seqs() == [("run_a", 1), ("run_a", 2)]
+    await connection.close()
