@@ -10,10 +10,10 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
+from adapters.close_codes import CloseCode
 from adapters.event_bus import Envelope
 from adapters.follow import LiveQueue, Position, ReadStored, follow
 
-CLOSE_TOO_SLOW = 4408
 REPLAY_PATIENCE_S = 10.0
 
 
@@ -152,7 +152,7 @@ class SocketConnection:
         if not self._closing:
             logger.warning("socket {} fell {} frames behind; closing it with 4408",
                            self.connection_id, self._queue.maxsize)
-            self._begin_close(CLOSE_TOO_SLOW, "too slow: reconnect and resume")
+            self._begin_close(CloseCode.TOO_SLOW, "too slow: reconnect and resume")
 
     def close_soon(self, code: int, message: str) -> None:
         """Close from outside the socket's own task (a timer, another request)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 from loguru import logger
 
+from adapters.close_codes import CloseCode
 from adapters.websocket import SocketConnection
 from container import Container
 from container.lifecycle import start_resources
@@ -24,7 +25,6 @@ from entrypoints.sse import run_events
 from entrypoints.ws import close_revoked_sockets, websocket
 
 STATIC = Path(__file__).parent / "static"
-CLOSE_GOING_AWAY = 1001
 
 
 async def _index(request: web.Request) -> web.FileResponse:
@@ -98,7 +98,7 @@ async def _drain(app: web.Application) -> None:
     await services.chat.drain(app[SETTINGS].server.shutdown_grace_s)
     # Event streams (SSE) end by themselves with their run's terminal event; sockets are closed.
     sockets = [c for c in services.bridge.connections() if isinstance(c, SocketConnection)]
-    await asyncio.gather(*(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in sockets),
+    await asyncio.gather(*(c.close(CloseCode.GOING_AWAY, "server shutting down") for c in sockets),
                          return_exceptions=True)
 
 

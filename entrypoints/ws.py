@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from datetime import UTC, datetime
@@ -12,15 +11,14 @@ from aiohttp import WSMsgType, web
 from loguru import logger
 
 from adapters.bridge import AgentWebSocketBridge
+from adapters.close_codes import CloseCode
 from adapters.websocket import SocketConnection
 from domain.errors import Unauthorized
 from entrypoints.appkeys import LIFECYCLE, SETTINGS, services
+from entrypoints.frames import FrameError, parse_auth
 from entrypoints.middlewares import request_id_of
 from entrypoints.ws_frames import FrameDispatcher
 
-CLOSE_TRY_AGAIN = 1013
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_POLICY = 1008
 # A new socket's live events wait this long at most for a first frame (usually a resume).
 FIRST_FRAME_PATIENCE_S = 0.5
 # Frames one socket may send: a burst of this many, then this many a second. Faster, the server reads
@@ -51,13 +49,9 @@ async def _token_from_first_frame(ws: web.WebSocketResponse, timeout_s: float) -
     if msg.type is not WSMsgType.TEXT:
         return None
     try:
-        frame = json.loads(msg.data)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(frame, dict) or frame.get("type") != "auth":
-        return None
-    token = frame.get("token")
-    return token if isinstance(token, str) else None
+        return parse_auth(msg.data).token
+    except FrameError:
+        return None  # no token: closed with 4401 like a wrong one
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
@@ -67,12 +61,12 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     lifecycle = request.app[LIFECYCLE]
     if not lifecycle.ready or lifecycle.draining:
-        await ws.close(code=CLOSE_TRY_AGAIN, message=b"server not ready: try again shortly")
+        await ws.close(code=CloseCode.TRY_AGAIN, message=b"server not ready: try again shortly")
         return ws
     found = services(request.app)
     security = request.app[SETTINGS].security
     if not origin_allowed(request, security.allowed_origins):
-        await ws.close(code=CLOSE_POLICY, message=b"this origin may not open a socket here")
+        await ws.close(code=CloseCode.POLICY, message=b"this origin may not open a socket here")
         return ws
 
     header = request.headers.get("Authorization", "")
@@ -83,14 +77,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     try:
         session = await found.auth.session(token)
     except Unauthorized as exc:
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=exc.message.encode()[:120])
+        await ws.close(code=CloseCode.UNAUTHORIZED, message=exc.message.encode()[:120])
         return ws
     user = session.user
     if len(found.bridge.connections_of(user.id)) >= security.max_sockets_per_user:
         await ws.send_json({"type": "error", "code": "limit_exceeded",
                             "message": f"You have {security.max_sockets_per_user} sockets open; "
                                        "close one (another tab or device) first."})
-        await ws.close(code=CLOSE_TRY_AGAIN, message=b"too many sockets for this user")
+        await ws.close(code=CloseCode.TRY_AGAIN, message=b"too many sockets for this user")
         return ws
 
     connection = SocketConnection(ws, user_id=user.id, connection_id=f"conn_{secrets.token_hex(8)}",
@@ -131,14 +125,14 @@ def close_revoked_sockets(bridge: AgentWebSocketBridge, user_id: str, reason: st
     """The user's sockets on this process close with 4401: the tokens that opened them are revoked."""
     for connection in bridge.connections_of(user_id):
         if isinstance(connection, SocketConnection) and not connection.closing:
-            connection.close_soon(CLOSE_UNAUTHORIZED, reason)
+            connection.close_soon(CloseCode.UNAUTHORIZED, reason)
 
 
 def _close_when_expired(connection: SocketConnection, expires_at: datetime) -> asyncio.TimerHandle:
     """A socket lives no longer than the token that opened it."""
     delay = max(0.0, (expires_at - datetime.now(UTC)).total_seconds())
     return asyncio.get_running_loop().call_later(
-        delay, connection.close_soon, CLOSE_UNAUTHORIZED, "token expired: log in again")
+        delay, connection.close_soon, CloseCode.UNAUTHORIZED, "token expired: log in again")
 
 
 def origin_allowed(request: web.Request, allowed: list[str]) -> bool:

@@ -14,16 +14,17 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from adapters.close_codes import CloseCode
 from entrypoints.chat_client.inbox import Fatal, Frame, Inbox
 from entrypoints.chat_client.login import HTTP_TIMEOUT_S, unreachable
 
 if TYPE_CHECKING:
     from entrypoints.chat_client.exchange import Run
 
-CLOSE_UNAUTHORIZED = 4401
-# 1001 shutting down, 1013 starting or full, 4408 we read too slowly: the protocol says reconnect and
-# resume. 1006 is a connection that dropped without a close frame (network, a killed server): same cure.
-RECONNECT_CODES = frozenset({1001, 1006, 1013, 4408})
+# Shutting down, starting or full, we read too slowly: the protocol says reconnect and resume. 1006 is
+# a connection that dropped without a close frame (network, a killed server): the same cure.
+RECONNECT_CODES = frozenset({CloseCode.GOING_AWAY, CloseCode.TRY_AGAIN, CloseCode.TOO_SLOW,
+                             aiohttp.WSCloseCode.ABNORMAL_CLOSURE})
 RECONNECT_PAUSES_S = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 READY_TIMEOUT_S = 10.0
 # The client pings too, so a server that vanished without a word is noticed within this (and a half).
@@ -81,7 +82,7 @@ class Link:
                     if msg.type is aiohttp.WSMsgType.TEXT:
                         self._deliver(msg.data)
                 code = ws.close_code
-                if code == CLOSE_UNAUTHORIZED:
+                if code == CloseCode.UNAUTHORIZED:
                     raise Fatal("session expired: log in again")
                 if code is not None and code not in RECONNECT_CODES:
                     raise Fatal(f"the server closed the connection (code {code})")
@@ -150,7 +151,7 @@ class Link:
             return ws
         code = ws.close_code
         await ws.close()
-        if code == CLOSE_UNAUTHORIZED:
+        if code == CloseCode.UNAUTHORIZED:
             raise Fatal("session expired: log in again")
         if code in RECONNECT_CODES:
             raise _Retry(f"the server is not ready (close code {code})")

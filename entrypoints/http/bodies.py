@@ -30,7 +30,9 @@ async def read_body(request: web.Request, model: type[Model], *, invalid_code: s
 
 def describe(exc: ValidationError) -> str:
     first = exc.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "body"
+    where = ".".join(str(part) for part in first["loc"])
+    if not where:  # a rule of the whole body, not of one field
+        return f"{first['msg']}."
     if first["type"] == "missing":
         return f"'{where}' is required."
     if first["type"] == "extra_forbidden":

@@ -12,8 +12,10 @@ from pydantic.json_schema import SkipJsonSchema
 from domain.entities import Role, RunStatus
 from domain.events import EventType
 from domain.lanes import Multitask
+from entrypoints.fields import MAX_ID_CHARS, Id, MessageText
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$"
+# The ids this server gives out, as the OpenAPI document shows its path parameters.
+ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.:\-]{{0,{MAX_ID_CHARS - 1}}}$"
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -50,9 +52,9 @@ class Registration(Credentials):
 class ChatMessageBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    message: StrictStr
-    thread_id: StrictStr | None = Field(None, max_length=128)
-    client_message_id: StrictStr | None = Field(None, min_length=1, max_length=128)
+    message: MessageText
+    thread_id: Id | None = None
+    client_message_id: Id | None = None
     multitask: Multitask = Multitask.ENQUEUE
     wait: StrictBool = False
 
