@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
+from container import Container
 from domain.context import UserExecutionContext
 from domain.events import AgentEvent
-from domain.factory import EngineLimits, ExecutionEngineFactory
+from domain.factory import ExecutionEngineFactory
 from domain.tools import ToolBox
 
 
@@ -50,9 +52,11 @@ def _pct(values: list[float], p: float) -> float:
 
 async def _measure(active: int, iterations: int) -> dict[str, float]:
     clock = _Clock()
+    container = Container()  # the settings' limits, the two the benchmark needs raised
     factory = ExecutionEngineFactory(
-        bridge=_Bridge(), model=_Model(), toolbox=ToolBox([]), clock=clock, audit=_Audit(),
-        limits=EngineLimits(max_engines_per_user=4, max_engines_total=active + 100),
+        bridge=_Bridge(), model=_Model(), clock=clock, audit=_Audit(),
+        toolbox=ToolBox([], timeout_s=container.settings().limits.tool_timeout_s),
+        limits=replace(container.engine_limits(), max_engines_per_user=4, max_engines_total=active + 100),
     )
     # Background engines: 4 per user (the per-user limit), kept open during the measurement.
     for i in range(active):

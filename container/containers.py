@@ -12,7 +12,6 @@ from dependency_injector import containers, providers
 from adapters.bridge import AgentWebSocketBridge
 from adapters.event_bus import InMemoryEventBus
 from adapters.models.builtin import BuiltinChatModel
-from adapters.models.openai_chat import OpenAIChatModel
 from adapters.persistence.audit_log import SqlAlchemyAuditLog
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import SqlAlchemyEventLog
@@ -33,10 +32,11 @@ from container.settings import Settings
 from domain.auth import AuthService, PasswordPolicy
 from domain.chat import ChatLimits, ChatService
 from domain.conversations import ConversationService
-from domain.factory import EngineLimits, ExecutionEngineFactory
+from domain.factory import ExecutionEngineFactory
 from domain.housekeeping import Housekeeper
 from domain.leases import LeasePolicy
-from domain.ports import Clock
+from domain.limits import EngineLimits
+from domain.ports import ChatModel, Clock
 from domain.ratelimit import RateLimiter
 from domain.tools import ToolBox
 from domain.tools import builtin_tools as make_builtin_tools
@@ -66,17 +66,6 @@ async def _started(
         await started.stop()
 
 
-def _engine_limits(settings: Settings) -> EngineLimits:
-    limits = settings.limits
-    return EngineLimits(
-        max_engines_per_user=limits.max_engines_per_user,
-        max_engines_total=limits.max_engines_total,
-        run_timeout_s=limits.run_timeout_s,
-        max_steps=limits.max_steps,
-        model_timeout_s=settings.model.timeout_s,
-    )
-
-
 def _bus_backend(settings: Settings) -> str:
     return settings.bus.backend
 
@@ -85,23 +74,34 @@ def _redis_url(settings: Settings) -> str:
     return settings.bus.redis_url.get_secret_value()
 
 
-async def _chat_model(settings: Settings) -> AsyncIterator[BuiltinChatModel | OpenAIChatModel]:
+def _unknown(variable: str, value: object) -> ValueError:
+    """The settings refuse it first; this keeps a value they accept but nobody wired from passing."""
+    return ValueError(f"{variable}={value!r} has no adapter in the container")
+
+
+async def _chat_model(settings: Settings) -> AsyncIterator[ChatModel]:
     """The model of `model.provider`. One resource, not a Selector of two: dependency-injector
-    starts every resource of a container, so the OpenAI client was built even when unused."""
-    if settings.model.provider != "openai":
-        yield BuiltinChatModel(delay_s=settings.model.builtin_delay_ms / 1000)
-        return
-    model = OpenAIChatModel(
-        base_url=settings.model.base_url,
-        api_key=settings.model.api_key.get_secret_value(),
-        model=settings.model.name,
-        timeout_s=settings.model.timeout_s,
-        max_retries=settings.model.max_retries,
-    )
-    try:
-        yield model
-    finally:
-        await model.aclose()
+    starts every resource of a container, so the OpenAI client was built even when unused; and
+    openai is imported here, not at the top, so a server on the builtin model never loads it."""
+    match settings.model.provider:
+        case "builtin":
+            yield BuiltinChatModel(delay_s=settings.model.builtin_delay_ms / 1000)
+        case "openai":
+            from adapters.models.openai_chat import OpenAIChatModel
+
+            model = OpenAIChatModel(
+                base_url=settings.model.base_url,
+                api_key=settings.model.api_key.get_secret_value(),
+                model=settings.model.name,
+                timeout_s=settings.model.timeout_s,
+                max_retries=settings.model.max_retries,
+            )
+            try:
+                yield model
+            finally:
+                await model.aclose()
+        case unknown:
+            raise _unknown("GOLDENPATH_MODEL__PROVIDER", unknown)
 
 
 def _password_policy(settings: Settings) -> PasswordPolicy:
@@ -125,26 +125,38 @@ async def _message_rate_limit(
 ) -> AsyncIterator[RateLimiter | RedisMessageRateLimit]:
     """Counted in this process with the in-process bus (one process); in Redis with the Redis bus."""
     local = RateLimiter(per_minute=settings.security.messages_per_minute, clock=clock)
-    if settings.bus.backend != "redis":
-        yield local
-        return
-    shared = RedisMessageRateLimit(_redis_url(settings), settings.bus.channel,
-                                   per_minute=settings.security.messages_per_minute, fallback=local)
-    try:
-        yield shared
-    finally:
-        await shared.aclose()
-
-
-def _chat_limits(settings: Settings) -> ChatLimits:
-    return ChatLimits(
-        max_message_chars=settings.limits.max_message_chars,
-        max_pending_runs_per_user=settings.limits.max_pending_runs_per_user,
-    )
+    match settings.bus.backend:
+        case "memory":
+            yield local
+        case "redis":
+            shared = RedisMessageRateLimit(_redis_url(settings), settings.bus.channel,
+                                           per_minute=settings.security.messages_per_minute,
+                                           fallback=local)
+            try:
+                yield shared
+            finally:
+                await shared.aclose()
+        case unknown:
+            raise _unknown("GOLDENPATH_BUS__BACKEND", unknown)
 
 
 class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(Settings)
+
+    # -- limits: each field from its setting, so a default is written once (container/settings.py)
+    engine_limits = providers.Factory(
+        EngineLimits,
+        max_engines_per_user=settings.provided.limits.max_engines_per_user,
+        max_engines_total=settings.provided.limits.max_engines_total,
+        run_timeout_s=settings.provided.limits.run_timeout_s,
+        max_steps=settings.provided.limits.max_steps,
+        model_timeout_s=settings.provided.model.timeout_s,
+    )
+    chat_limits = providers.Factory(
+        ChatLimits,
+        max_message_chars=settings.provided.limits.max_message_chars,
+        max_pending_runs_per_user=settings.provided.limits.max_pending_runs_per_user,
+    )
 
     # -- system
     clock = providers.Singleton(SystemClock)
@@ -206,7 +218,7 @@ class Container(containers.DeclarativeContainer):
         toolbox=toolbox,
         clock=clock,
         audit=audit_log,
-        limits=providers.Callable(_engine_limits, settings),
+        limits=engine_limits,
     )
 
     # -- use cases
@@ -230,7 +242,7 @@ class Container(containers.DeclarativeContainer):
         audit=audit_log,
         ids=ids,
         clock=clock,
-        limits=providers.Callable(_chat_limits, settings),
+        limits=chat_limits,
         lease=lease,
         control=run_control,
         rate_limiter=message_rate_limiter,

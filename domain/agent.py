@@ -11,6 +11,7 @@ from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.errors import ModelError
 from domain.events import AgentMessageDelta, AgentThinking, ToolCompleted, ToolExecuting
+from domain.limits import EngineLimits
 from domain.llm import (
     ChatMessage,
     ModelChunk,
@@ -63,14 +64,13 @@ async def run_agent(
     toolbox: ToolBox,
     emitter: RunEventEmitter,
     state: RunState,
-    max_steps: int,
-    model_timeout_s: float = 60.0,
+    limits: EngineLimits,
 ) -> str:
     """Run the loop to an answer; raises ModelError when the model fails or never answers."""
     state.conversation.insert(0, ChatMessage(role="system", content=SYSTEM_PROMPT))
-    while state.steps < max_steps:
+    while state.steps < limits.max_steps:
         await emitter.emit(AgentThinking(_thinking_text(state)))
-        step = await _ask_model(model, toolbox, emitter, state, model_timeout_s)
+        step = await _ask_model(model, toolbox, emitter, state, limits.model_timeout_s)
         state.steps += 1
         if not step.calls:
             return "".join(state.answer)
@@ -80,7 +80,7 @@ async def run_agent(
         )
         for call in calls:
             await _run_tool(context, toolbox, emitter, state, call)
-    raise ModelError(f"The agent used all {max_steps} of its steps without reaching an answer.",
+    raise ModelError(f"The agent used all {limits.max_steps} of its steps without reaching an answer.",
                      code="step_limit")
 
 

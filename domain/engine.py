@@ -15,6 +15,7 @@ from domain.emitter import RunEventEmitter
 from domain.entities import RunStatus
 from domain.errors import EngineClosed, ModelError
 from domain.events import AgentCancelled, AgentCompleted, AgentError, AgentStarted
+from domain.limits import EngineLimits
 from domain.llm import ChatMessage, Usage
 from domain.ports import ChatModel
 from domain.tools import ToolBox
@@ -45,9 +46,7 @@ class UserExecutionEngine:
         emitter: RunEventEmitter,
         model: ChatModel,
         toolbox: ToolBox,
-        max_steps: int,
-        run_timeout_s: float,
-        model_timeout_s: float = 60.0,
+        limits: EngineLimits,
         _key: object = None,
     ) -> None:
         if _key is not _FACTORY_KEY:
@@ -58,9 +57,7 @@ class UserExecutionEngine:
         self._emitter = emitter
         self._model = model
         self._toolbox = toolbox
-        self._max_steps = max_steps
-        self._run_timeout_s = run_timeout_s
-        self._model_timeout_s = model_timeout_s
+        self._limits = limits
         self._state = RunState()
         self._task: asyncio.Task[str] | None = None
         self._cancel_reason: str | None = None
@@ -108,15 +105,14 @@ class UserExecutionEngine:
                 toolbox=self._toolbox,
                 emitter=self._emitter,
                 state=self._state,
-                max_steps=self._max_steps,
-                model_timeout_s=self._model_timeout_s,
+                limits=self._limits,
             ),
             name=f"agent:{self._context.run_id}",
         )
         try:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel arriving as the
             # agent finishes, and a shutdown must never be lost.
-            async with asyncio.timeout(self._run_timeout_s):
+            async with asyncio.timeout(self._limits.run_timeout_s):
                 text = await self._task
         except TimeoutError:
             return self._ended(RunStatus.CANCELLED, started, cancel_reason="timeout")

@@ -16,6 +16,7 @@ from domain.engine import _FACTORY_KEY, UserExecutionEngine
 from domain.entities import AuditAction, AuditEntry
 from domain.errors import LimitExceeded
 from domain.events import AgentError, AgentStarted
+from domain.limits import EngineLimits
 from domain.ports import AuditLog, ChatModel, Clock, EventBridge
 from domain.tools import ToolBox
 
@@ -29,15 +30,6 @@ SWEEP_GRACE_S = 60.0
 CREATION_BUCKETS_S: tuple[float, ...] = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class EngineLimits:
-    max_engines_per_user: int = 4
-    max_engines_total: int = 2000
-    run_timeout_s: float = 300.0
-    max_steps: int = 8
-    model_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +110,7 @@ class ExecutionEngineFactory:
             emitter=self.emitter_for(context),
             model=self._model,
             toolbox=self._toolbox,
-            max_steps=self._limits.max_steps,
-            run_timeout_s=self._limits.run_timeout_s,
-            model_timeout_s=self._limits.model_timeout_s,
+            limits=self._limits,
             _key=_FACTORY_KEY,
         )
         self._engines[context.run_id] = engine

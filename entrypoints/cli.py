@@ -175,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ValidationError as exc:
-        print("error: the settings are not valid:", file=sys.stderr)
+        # One line per wrong setting, naming the variable to fix; the input is not echoed (a secret).
         for error in exc.errors():
             where = "__".join(str(part) for part in error["loc"]).upper()
             prefix = f"GOLDENPATH_{where}: " if where else ""
-            print(f"  {prefix}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+            print(f"error: {prefix}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
     except DomainError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

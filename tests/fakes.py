@@ -6,14 +6,31 @@ import asyncio
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from dependency_injector import providers
+
+from container import Container, Settings
 from domain.entities import AuditEntry, Message, Note, Run, RunStatus, Thread, User
 from domain.errors import Conflict
 from domain.events import AgentEvent
+from domain.limits import EngineLimits
 from domain.llm import ModelChunk, ModelRequest, TextDelta
+from domain.tools import Tool, ToolBox
+from domain.tools.base import BlockingTool
+
+
+def engine_limits(**changes: float) -> EngineLimits:
+    """The limits the container builds from the settings' defaults, with a test's changes."""
+    container = Container(settings=providers.Object(Settings.model_construct()))
+    return replace(container.engine_limits(), **changes)
+
+
+def toolbox(tools: Iterable[Tool | BlockingTool] = ()) -> ToolBox:
+    """A toolbox with the settings' default tool timeout."""
+    return ToolBox(tools, timeout_s=Settings.model_construct().limits.tool_timeout_s)
 
 
 class FixedClock:

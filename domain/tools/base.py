@@ -75,7 +75,7 @@ def parse_arguments(spec: ToolSpec, raw: str) -> dict[str, Any]:
 class ToolBox:
     """The tools of a run: looks them up by name and turns every failure into a result."""
 
-    def __init__(self, tools: Iterable[Tool | BlockingTool], *, timeout_s: float = 30.0) -> None:
+    def __init__(self, tools: Iterable[Tool | BlockingTool], *, timeout_s: float) -> None:
         self._tools = {tool.spec.name: tool for tool in tools}
         self._specs = tuple(tool.spec for tool in self._tools.values())
         self._timeout_s = timeout_s

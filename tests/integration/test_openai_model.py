@@ -28,8 +28,8 @@ from domain.llm import (
     ToolSpec,
     UsageReport,
 )
-from domain.tools import ToolBox, builtin_tools
-from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds
+from domain.tools import builtin_tools
+from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds, engine_limits, toolbox
 from tests.helpers import eventually
 from tests.integration import fake_openai_server as reply
 from tests.integration.fake_openai_server import FakeOpenAI
@@ -160,7 +160,7 @@ async def test_the_agent_loop_calls_the_calculator_and_sends_back_its_result(
     fake.script(reply.tool_call("calculator", '{"expression":', ' "17 * 23"}', call_id="call_calc"),
                 reply.text("17 * 23 ", "is 391."))
     clock = FixedClock(NOW)
-    toolbox = ToolBox(builtin_tools(notes=InMemoryNoteRepository(), ids=SequentialIds(), clock=clock))
+    tools = toolbox(builtin_tools(notes=InMemoryNoteRepository(), ids=SequentialIds(), clock=clock))
     context = UserExecutionContext(user_id="u_alice", thread_id="t_1", run_id="r_1",
                                    request_id="req_1", created_at=NOW)
     events: list[AgentEvent] = []
@@ -171,8 +171,8 @@ async def test_the_agent_loop_calls_the_calculator_and_sends_back_its_result(
 
     state = RunState(conversation=[ChatMessage(role="user", content="What is 17 * 23?")])
     emitter = RunEventEmitter(context, publish, clock)
-    answer = await run_agent(context=context, model=make_model(), toolbox=toolbox,
-                             emitter=emitter, state=state, max_steps=4)
+    answer = await run_agent(context=context, model=make_model(), toolbox=tools,
+                             emitter=emitter, state=state, limits=engine_limits(max_steps=4))
     await emitter.confirm()
 
     assert answer == "17 * 23 is 391."

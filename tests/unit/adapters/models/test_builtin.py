@@ -11,8 +11,8 @@ from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.events import AgentEvent, EventType
 from domain.llm import ChatMessage, ModelRequest, TextDelta, ToolCallDelta, UsageReport
-from domain.tools import ToolBox, builtin_tools
-from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds
+from domain.tools import builtin_tools
+from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds, engine_limits, toolbox
 
 NOW = datetime(2026, 11, 21, 14, 3, tzinfo=UTC)
 
@@ -23,8 +23,7 @@ class Harness:
     def __init__(self, notes: InMemoryNoteRepository | None = None) -> None:
         self.clock = FixedClock(NOW)
         self.notes = notes or InMemoryNoteRepository()
-        self.toolbox = ToolBox(builtin_tools(notes=self.notes, ids=SequentialIds(),
-                                             clock=self.clock))
+        self.toolbox = toolbox(builtin_tools(notes=self.notes, ids=SequentialIds(), clock=self.clock))
         self.model = BuiltinChatModel()
         self.events: list[AgentEvent] = []
 
@@ -41,7 +40,8 @@ class Harness:
         emitter = RunEventEmitter(context, self._publish, self.clock)
         try:
             return await run_agent(context=context, model=self.model, toolbox=self.toolbox,
-                                   emitter=emitter, state=state, max_steps=4)
+                                   emitter=emitter, state=state,
+                                   limits=engine_limits(max_steps=4))
         finally:
             await emitter.confirm()  # events are pipelined: wait until all are published
 
@@ -148,7 +148,7 @@ async def _chunks(request: ModelRequest) -> list:
 
 
 async def test_streams_tool_arguments_in_pieces_like_openai() -> None:
-    tools = ToolBox(builtin_tools(notes=InMemoryNoteRepository(), ids=SequentialIds(),
+    tools = toolbox(builtin_tools(notes=InMemoryNoteRepository(), ids=SequentialIds(),
                                   clock=FixedClock(NOW))).specs
     chunks = await _chunks(ModelRequest(messages=(ChatMessage(role="user",
                                                               content="What is 17 * 23?"),),

@@ -6,9 +6,9 @@ import pytest
 
 from domain.context import UserExecutionContext
 from domain.errors import ToolError
-from domain.tools import ToolBox, builtin_tools
+from domain.tools import builtin_tools
 from domain.tools.notes import SaveNote, SearchNotes
-from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds
+from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds, toolbox
 
 NOW = datetime(2026, 11, 21, 14, 3, tzinfo=UTC)
 
@@ -58,8 +58,8 @@ async def test_arguments_cannot_name_another_user(
     assert await search(context_for("u_bob"), {"query": "secret", "user_id": "u_alice"}) != {
         "notes": []}
     # Through the toolbox, as the agent calls it, the argument is refused outright.
-    toolbox = ToolBox(builtin_tools(notes=notes, ids=SequentialIds(), clock=FixedClock(NOW)))
-    outcome = await toolbox.execute(context_for("u_bob"), "search_notes",
+    tools = toolbox(builtin_tools(notes=notes, ids=SequentialIds(), clock=FixedClock(NOW)))
+    outcome = await tools.execute(context_for("u_bob"), "search_notes",
                                     '{"query": "locker", "user_id": "u_alice"}')
     assert outcome.error is not None and "user_id" in outcome.error
 
