@@ -36,10 +36,16 @@ async def start_server(container: Container) -> tuple[Server, web.AppRunner]:
     app = create_app(container)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    await wait_ready(app)
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await wait_ready(app)
+    except BaseException:
+        # A server that fails to boot must not leave its listening socket to be garbage-collected
+        # in some later test, which then fails with an unrelated ResourceWarning.
+        await runner.cleanup()
+        raise
     return Server(base_url=f"http://127.0.0.1:{port}", app=app, container=container), runner
 
 

@@ -20,7 +20,8 @@ def replace_calculator(tool: Any) -> Callable[[Container], None]:
 
     def override(container: Container) -> None:
         container.toolbox.override(providers.Singleton(
-            ToolBox, tools=providers.Callable(tools, container.notes, container.ids, container.clock)))
+            ToolBox, tools=providers.Callable(tools, container.notes, container.ids, container.clock),
+            timeout_s=container.settings.provided.limits.tool_timeout_s))
 
     return override
 
