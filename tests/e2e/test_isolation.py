@@ -10,6 +10,7 @@ import websockets
 
 from entrypoints.appkeys import services
 from tests.e2e.client import Server, recv, register
+from tests.helpers import eventually
 
 USERS = 200
 
@@ -42,10 +43,8 @@ async def test_two_hundred_users_each_get_only_their_own(server: Server) -> None
     start = asyncio.Event()
     tasks = [asyncio.create_task(one_user(server, i, start)) for i in range(USERS)]
     # Every user connected before anyone chats, so every run has 199 foreign sockets to leak to.
-    while len(services(server.app).bridge.connections()) < USERS:
-        if any(t.done() for t in tasks):
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: len(services(server.app).bridge.connections()) >= USERS
+                     or any(t.done() for t in tasks), 60, what=f"{USERS} sockets connected", interval=0.05)
     start.set()
     results = await asyncio.gather(*tasks)
 
@@ -66,8 +65,7 @@ async def test_two_hundred_users_each_get_only_their_own(server: Server) -> None
                 assert frame["run_id"] in result["run_ids"], f"foreign run on {user_id}'s socket"
 
     found = services(server.app)
-    await asyncio.sleep(0.1)
-    assert found.factory.metrics().active == 0
+    await eventually(lambda: found.factory.metrics().active == 0, what="every engine cleaned up")
     assert found.factory.metrics().created == USERS * 2
     assert found.chat.active_runs == 0
 

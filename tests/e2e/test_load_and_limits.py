@@ -14,6 +14,7 @@ import websockets
 
 from entrypoints.appkeys import services
 from tests.e2e.client import Server, chat, recv, register, until_ready
+from tests.helpers import eventually
 
 CYCLES = 1000
 WORKERS = 8
@@ -27,12 +28,14 @@ async def settle(server: Server) -> None:
     """Wait until no run and no socket is left, twice in a row (runs may still be arriving)."""
     found = services(server.app)
     quiet = 0
-    for _ in range(600):
-        idle = found.chat.active_runs == 0 and not found.bridge.connections()
-        quiet = quiet + 1 if idle else 0
-        if quiet == 5:
-            break
-        await asyncio.sleep(0.05)
+
+    def idle_five_times_running() -> bool:
+        nonlocal quiet
+        quiet = quiet + 1 if found.chat.active_runs == 0 and not found.bridge.connections() else 0
+        return quiet == 5
+
+    await eventually(idle_five_times_running, 30, interval=0.05, what=lambda: (
+        f"an idle server ({found.chat.active_runs} runs, {len(found.bridge.connections())} sockets)"))
     gc.collect()
 
 
@@ -94,11 +97,8 @@ async def test_a_client_that_never_reads_is_closed_with_4408_and_memory_stays_fl
         for _ in range(80):  # 80 runs of ~320 events, ~6 MB: held unbounded, it would show below
             await slow.send(json.dumps({"type": "chat", "message": f"Remember that my note is {note}"}))
         found = services(server.app)
-        for _ in range(600):
-            if not found.bridge.connections_of(user.user_id):
-                break
-            await asyncio.sleep(0.05)
-        assert not found.bridge.connections_of(user.user_id), "the slow socket was never cut off"
+        await eventually(lambda: not found.bridge.connections_of(user.user_id), 30, interval=0.05,
+                         what="the slow socket cut off")
         await settle(server)
         assert found.chat.active_runs == 0
         growth = tracemalloc.get_traced_memory()[0] - baseline

@@ -21,6 +21,7 @@ from domain.errors import (
 from domain.lanes import Multitask
 from domain.llm import ToolCallDelta
 from tests.fakes import RecordingRunControl, RecordingSocket, ScriptedModel, answer
+from tests.helpers import eventually
 from tests.unit.conftest import Fakes
 
 TERMINAL = {"agent_completed", "agent_error", "agent_cancelled"}
@@ -39,6 +40,12 @@ async def send(chat: ChatService, text: str = "hello", user: str = "usr_a", **kw
 def long_answer(words: int = 40) -> list:
     return answer(" ".join(f"w{i}" for i in range(words)))
 
+
+
+async def streaming(fakes: Fakes, run_id: str) -> None:
+    """Until the run has streamed a first piece of its answer (so a cancel lands mid-stream)."""
+    await eventually(lambda: "agent_message_delta" in fakes.events.types(run_id),
+                     what=f"a first message delta of {run_id}")
 
 async def test_a_run_persists_the_message_the_answer_and_its_end_before_the_terminal_event(
         fake_container: Container, fakes: Fakes) -> None:
@@ -102,8 +109,7 @@ async def test_cancel_mid_stream_then_the_thread_goes_on(fake_container: Contain
     model = ScriptedModel(long_answer(), answer("second answer"), pause_s=0.02)
     chat = await chat_of(fake_container, model)
     run = await send(chat)
-    while "agent_message_delta" not in fakes.events.types(run.id):
-        await asyncio.sleep(0.01)
+    await streaming(fakes, run.id)
     await chat.cancel("usr_a", run_id=run.id)
     finished = await chat.wait("usr_a", run.id)
     assert finished.status is RunStatus.CANCELLED
@@ -161,8 +167,7 @@ async def test_reject_answers_thread_busy(fake_container: Container) -> None:
 async def test_interrupt_cancels_the_running_one(fake_container: Container, fakes: Fakes) -> None:
     chat = await chat_of(fake_container, ScriptedModel(long_answer(), answer("fresh"), pause_s=0.02))
     first = await send(chat)
-    while "agent_message_delta" not in fakes.events.types(first.id):
-        await asyncio.sleep(0.01)
+    await streaming(fakes, first.id)
     second = await send(chat, thread_id=first.thread_id, multitask=Multitask.INTERRUPT)
     assert (await chat.wait("usr_a", first.id)).status is RunStatus.CANCELLED
     assert [e.data for e in fakes.events.events if e.run_id == first.id][-1] == {"reason": "interrupted"}
@@ -236,8 +241,7 @@ async def test_a_cancel_for_another_processs_run_is_forwarded_to_its_owner(fake_
     assert control.sent == [("proc_other", "run_remote", "user")]
     # And the receiving side: a forwarded cancel stops a run that runs here.
     here = await send(chat)
-    while "agent_message_delta" not in fakes.events.types(here.id):
-        await asyncio.sleep(0.01)
+    await streaming(fakes, here.id)
     assert chat.cancel_local(here.id, "user") and not chat.cancel_local("run_unknown", "user")
     assert (await chat.wait("usr_a", here.id)).status is RunStatus.CANCELLED
 
