@@ -38,6 +38,7 @@ from domain.leases import LeasePolicy
 from domain.limits import EngineLimits
 from domain.ports import ChatModel, Clock
 from domain.ratelimit import RateLimiter
+from domain.runs import RunRegistry
 from domain.tools import ToolBox
 from domain.tools import builtin_tools as make_builtin_tools
 
@@ -233,9 +234,11 @@ class Container(containers.DeclarativeContainer):
         audit=audit_log,
         policy=providers.Callable(_password_policy, settings),
     )
+    run_registry = providers.Singleton(RunRegistry, factory=engine_factory)
     chat_service = providers.Singleton(
         ChatService,
         factory=engine_factory,
+        registry=run_registry,
         threads=threads,
         messages=messages,
         runs=runs,

@@ -110,12 +110,8 @@ class UserExecutionEngine:
             name=f"agent:{self._context.run_id}",
         )
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel arriving as the
-            # agent finishes, and a shutdown must never be lost.
-            async with asyncio.timeout(self._limits.run_timeout_s):
-                text = await self._task
-        except TimeoutError:
-            return self._ended(RunStatus.CANCELLED, started, cancel_reason="timeout")
+            # No timeout here: the run's timeout is a cancel like any other (RunRegistry.cancel).
+            text = await self._task
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if self._cancel_reason is None or (current is not None and current.cancelling()):

@@ -44,13 +44,14 @@ async def _boot(app: web.Application) -> None:
     app[LIFECYCLE].services = Services(
         auth=await container.auth_service(),
         chat=await container.chat_service(),
+        runs=await container.run_registry(),
         conversations=await container.conversation_service(),
         factory=await container.engine_factory(),
         bridge=bridge,
         control=container.run_control(),  # depends on no async resource: a plain object
         database=await container.database(),
     )
-    await app[LIFECYCLE].services.control.start(app[LIFECYCLE].services.chat.cancel_local,
+    await app[LIFECYCLE].services.control.start(app[LIFECYCLE].services.runs.cancel,
                                                 partial(close_revoked_sockets, bridge))
     housekeeper = await container.housekeeper()
     await housekeeper.tick()  # fail what a crashed predecessor left running before taking new runs
@@ -95,7 +96,7 @@ async def _drain(app: web.Application) -> None:
     services = lifecycle.services
     if services is None:
         return
-    await services.chat.drain(app[SETTINGS].server.shutdown_grace_s)
+    await services.runs.drain(app[SETTINGS].server.shutdown_grace_s)
     # Event streams (SSE) end by themselves with their run's terminal event; sockets are closed.
     sockets = [c for c in services.bridge.connections() if isinstance(c, SocketConnection)]
     await asyncio.gather(*(c.close(CloseCode.GOING_AWAY, "server shutting down") for c in sockets),

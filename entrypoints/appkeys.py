@@ -17,6 +17,7 @@ from domain.conversations import ConversationService
 from domain.entities import User
 from domain.errors import DomainError
 from domain.factory import ExecutionEngineFactory
+from domain.runs import RunRegistry
 
 
 class ServerNotReady(DomainError):
@@ -29,6 +30,7 @@ class Services:
 
     auth: AuthService
     chat: ChatService
+    runs: RunRegistry
     conversations: ConversationService
     factory: ExecutionEngineFactory
     bridge: AgentWebSocketBridge

@@ -127,13 +127,13 @@ class ServerCollector(Collector):
 
     def _runs(self) -> Iterator[Metric]:
         services = self._lifecycle.services
-        outcomes = services.chat.run_outcomes() if services is not None else {}
+        outcomes = services.runs.outcomes() if services is not None else {}
         runs = CounterMetricFamily("goldenpath_runs", "Runs that ended, by outcome.", labels=["outcome"])
         for outcome in sorted(set(RUN_OUTCOMES) | set(outcomes)):
             runs.add_metric([outcome], outcomes.get(outcome, 0))
         yield runs
         yield GaugeMetricFamily("goldenpath_runs_active", "Runs going or queued on this process.",
-                                value=services.chat.active_runs if services is not None else 0)
+                                value=services.runs.active if services is not None else 0)
 
     def _delivery(self) -> Iterator[Metric]:
         services = self._lifecycle.services

@@ -123,7 +123,7 @@ async def delete_thread(request: web.Request) -> web.Response:
     found = services(request.app)
     thread_id = request.match_info["thread_id"]
     await found.conversations.delete_thread(
-        _user_id(request), thread_id, busy=found.chat.thread_busy(thread_id)
+        _user_id(request), thread_id, busy=found.runs.thread_busy(thread_id)
     )
     return web.Response(status=204)
 

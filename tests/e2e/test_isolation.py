@@ -67,5 +67,5 @@ async def test_two_hundred_users_each_get_only_their_own(server: Server) -> None
     found = services(server.app)
     await eventually(lambda: found.factory.metrics().active == 0, what="every engine cleaned up")
     assert found.factory.metrics().created == USERS * 2
-    assert found.chat.active_runs == 0
+    assert found.runs.active == 0
 

@@ -31,11 +31,11 @@ async def settle(server: Server) -> None:
 
     def idle_five_times_running() -> bool:
         nonlocal quiet
-        quiet = quiet + 1 if found.chat.active_runs == 0 and not found.bridge.connections() else 0
+        quiet = quiet + 1 if found.runs.active == 0 and not found.bridge.connections() else 0
         return quiet == 5
 
     await eventually(idle_five_times_running, 30, interval=0.05, what=lambda: (
-        f"an idle server ({found.chat.active_runs} runs, {len(found.bridge.connections())} sockets)"))
+        f"an idle server ({found.runs.active} runs, {len(found.bridge.connections())} sockets)"))
     gc.collect()
 
 
@@ -68,7 +68,7 @@ async def test_a_thousand_connect_chat_drop_cycles_leave_nothing_behind(make_ser
     found = services(server.app)
     metrics = found.factory.metrics()
     assert metrics.active == 0 and metrics.created == CYCLES + WORKERS == metrics.cleaned_up
-    assert found.chat.active_runs == 0 and found.bridge.connections() == []
+    assert found.runs.active == 0 and found.bridge.connections() == []
     assert len(asyncio.all_tasks()) <= tasks_before
     assert open_fds() <= fds_before
     _, threads = await user.http("GET", "/api/threads")
@@ -100,7 +100,7 @@ async def test_a_client_that_never_reads_is_closed_with_4408_and_memory_stays_fl
         await eventually(lambda: not found.bridge.connections_of(user.user_id), 30, interval=0.05,
                          what="the slow socket cut off")
         await settle(server)
-        assert found.chat.active_runs == 0
+        assert found.runs.active == 0
         growth = tracemalloc.get_traced_memory()[0] - baseline
         tracemalloc.stop()
         with pytest.raises(websockets.ConnectionClosed):

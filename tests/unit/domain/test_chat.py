@@ -194,14 +194,14 @@ async def test_pending_runs_per_user_are_bounded(fake_container: Container, unit
     with pytest.raises(LimitExceeded):
         await send(chat)
     await send(chat, user="usr_b")  # another user is not affected
-    await chat.drain(0)
+    await fake_container.run_registry().drain(0)
 
 
 async def test_drain_cancels_what_does_not_finish_in_the_grace_period(fake_container: Container,
                                                                       fakes: Fakes) -> None:
     chat = await chat_of(fake_container, ScriptedModel(long_answer(), pause_s=0.05))
     run = await send(chat)
-    await chat.drain(0.05)
+    await fake_container.run_registry().drain(0.05)
     assert fakes.runs.runs[run.id].status is RunStatus.CANCELLED
     assert fakes.events.events[-1].data == {"reason": "shutdown"}
     with pytest.raises(LimitExceeded):
@@ -242,7 +242,8 @@ async def test_a_cancel_for_another_processs_run_is_forwarded_to_its_owner(fake_
     # And the receiving side: a forwarded cancel stops a run that runs here.
     here = await send(chat)
     await streaming(fakes, here.id)
-    assert chat.cancel_local(here.id, "user") and not chat.cancel_local("run_unknown", "user")
+    registry = fake_container.run_registry()
+    assert registry.cancel(here.id, "user") and not registry.cancel("run_unknown", "user")
     assert (await chat.wait("usr_a", here.id)).status is RunStatus.CANCELLED
 
 
