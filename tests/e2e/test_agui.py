@@ -339,8 +339,7 @@ def losing(loss: str, model: Any) -> Callable[[Container], None]:
     def override(container: Container) -> None:
         replace_model(model)(container)
         container.bridge.override(providers.Singleton(
-            LossyBridge, loss=loss, event_log=container.event_log, bus=container.event_bus,
-            clock=container.clock))
+            LossyBridge, loss=loss, event_log=container.event_log, bus=container.event_bus))
         if loss == "pruned":
             container.conversation_service.override(providers.Singleton(
                 TerminalPruned, threads=container.threads, messages=container.messages,
