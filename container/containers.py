@@ -105,10 +105,6 @@ async def _chat_model(settings: Settings) -> AsyncIterator[ChatModel]:
             raise _unknown("GOLDENPATH_MODEL__PROVIDER", unknown)
 
 
-def _password_policy(settings: Settings) -> PasswordPolicy:
-    return PasswordPolicy(min_length=settings.auth.min_password_length)
-
-
 def _lease_policy(settings: Settings, owner: str) -> LeasePolicy:
     return LeasePolicy(owner=owner, ttl_s=settings.runs.lease_ttl_s)
 
@@ -232,7 +228,7 @@ class Container(containers.DeclarativeContainer):
         ids=ids,
         clock=clock,
         audit=audit_log,
-        policy=providers.Callable(_password_policy, settings),
+        policy=providers.Factory(PasswordPolicy, min_length=settings.provided.auth.min_password_length),
     )
     run_registry = providers.Singleton(RunRegistry, factory=engine_factory)
     chat_service = providers.Singleton(

@@ -30,8 +30,8 @@ class AuthSession:
 
 @dataclass(frozen=True, slots=True)
 class PasswordPolicy:
-    min_length: int = 8
-    max_length: int = 256
+    min_length: int  # from the settings (auth.min_password_length)
+    max_length: int = 256  # not a setting: argon2 hashes any length, this only bounds the work
 
 
 class AuthService:
