@@ -18,7 +18,9 @@ from domain.ports import (
     UserRepository,
 )
 
-_USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{2,31}$")
+# The one rule for usernames; the HTTP schema of registration shows the same pattern.
+USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{2,31}$"
+_USERNAME = re.compile(USERNAME_PATTERN)
 _BAD_CREDENTIALS = "Wrong username or password."
 
 

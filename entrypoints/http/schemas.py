@@ -9,6 +9,7 @@ from ag_ui.core import Event as AguiEvent
 from pydantic import BaseModel, ConfigDict, Field, Json, StrictBool, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
+from domain.auth import USERNAME_PATTERN
 from domain.entities import Role, RunStatus
 from domain.events import EventType
 from domain.lanes import Multitask
@@ -40,7 +41,7 @@ class Registration(Credentials):
     """What registration takes; the handler reads Credentials and the domain enforces these rules (422)."""
 
     username: StrictStr = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{2,31}$",
+        pattern=USERNAME_PATTERN,
         description="3 to 32 letters, digits, '.', '_' or '-', starting with a letter or digit.",
     )
     password: StrictStr = Field(
