@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -113,7 +114,14 @@ def _retention(settings: Settings) -> timedelta:
     return timedelta(days=settings.runs.event_retention_days)
 
 
-def _process_id() -> str:
+def _process_id(settings: Settings) -> str:
+    """The name this process owns runs under: stable across restarts, so a process that comes back
+    takes back at once the runs its predecessor held (housekeeping), instead of waiting for their
+    leases to lapse. On an ephemeral port (0: tests, embedding) a name of its own."""
+    if settings.server.instance_id:
+        return settings.server.instance_id
+    if settings.server.port:
+        return f"{socket.gethostname()}:{settings.server.port}"
     return f"proc_{secrets.token_hex(6)}"
 
 
@@ -158,7 +166,7 @@ class Container(containers.DeclarativeContainer):
     # -- system
     clock = providers.Singleton(SystemClock)
     ids = providers.Singleton(RandomIds)
-    process_id = providers.Singleton(_process_id)
+    process_id = providers.Singleton(_process_id, settings)
     lease = providers.Singleton(_lease_policy, settings, process_id)
 
     # -- resources, started and stopped with the app
@@ -251,6 +259,7 @@ class Container(containers.DeclarativeContainer):
         runs=runs,
         events=event_log,
         factory=engine_factory,
+        registry=run_registry,
         audit=audit_log,
         clock=clock,
         lease=lease,

@@ -15,6 +15,9 @@ class ServerSettings(BaseModel):
     processes: int = Field(1, ge=1, description="server processes sharing this database")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    instance_id: str | None = Field(None, max_length=200, description="the name this process owns "
+                                    "runs under; default HOSTNAME:PORT, so a restarted process "
+                                    "takes back its runs at once. Unique per process")
     shutdown_grace_s: float = Field(10.0, ge=0)
     ws_auth_timeout_s: float = Field(5.0, gt=0)
     ws_heartbeat_s: float = Field(20.0, gt=0)

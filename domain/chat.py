@@ -8,14 +8,16 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from domain.context import UserExecutionContext
-from domain.engine import RunOutcome, UserExecutionEngine
+from domain.engine import UserExecutionEngine
 from domain.entities import AuditAction, AuditEntry, Message, Role, Run, RunStatus, Thread
 from domain.errors import (
     InvalidMessage,
+    LeaseLost,
     LimitExceeded,
     MessageTooLarge,
     NotFound,
     ServerDraining,
+    StorageUnavailable,
     ThreadBusy,
 )
 from domain.factory import ExecutionEngineFactory
@@ -179,30 +181,32 @@ class ChatService:
         """The run's task, once its turn came (or it was withdrawn): engine, answer, terminal event."""
         bind_run(user_id=run.user_id, run_id=run.id, thread_id=run.thread_id, request_id=request_id)
         context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
-                                       request_id=request_id, created_at=self._clock.now())
-        ended = False
+                                       request_id=request_id, created_at=self._clock.now(),
+                                       lease_epoch=run.lease_epoch)
         try:
             try:
                 async with self._factory.user_execution_scope(context) as engine:
-                    ended = await self._drive(engine, run)
+                    await self._drive(engine, run)
             except LimitExceeded as exc:
-                await self._runs.set_status(run.id, RunStatus.FAILED, finished_at=self._clock.now(),
-                                            error=exc.message)
                 await self._factory.reject_run(context, exc)
                 self._registry.ended(run, RunStatus.FAILED, exc.code)
-                ended = True
+        except LeaseLost:
+            log.warning("run %s was taken over by another process; it stopped here", run.id)
+        except StorageUnavailable:
+            log.warning("run %s could not be stored while the database was away; it ends as "
+                        "interrupted once the database answers", run.id)
+            self._registry.strand(run)
         except Exception:
             log.exception("run %s could not be completed", run.id)
-            if not ended:
-                self._registry.ended(run, RunStatus.FAILED, "internal_error")
+            self._registry.strand(run)
 
-    async def _drive(self, engine: UserExecutionEngine, run: Run) -> bool:
-        """Run the engine, persist, send the terminal event; True once the run's end is counted."""
+    async def _drive(self, engine: UserExecutionEngine, run: Run) -> None:
+        """Run the engine and send its terminal event, which stores the run's end with it."""
         reason = self._registry.cancel_requested(run.id)
         if reason is not None:
             engine.cancel(reason)
         else:
-            await self._runs.set_status(run.id, RunStatus.RUNNING)
+            await self._runs.mark_running(run.id, run.lease_epoch)
         self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_STARTED,
                                       at=self._clock.now(), run_id=run.id))
         log.info("run %s started", run.id)
@@ -210,14 +214,13 @@ class ChatService:
         outcome = await engine.run(history)
         if outcome.cancel_reason == "timeout":
             self._factory.note_timeout()
-        message_id = await self._persist(run, outcome)
-        await engine.finish(outcome, message_id=message_id)
+        answer_id = self._ids.new_id("msg") if outcome.status is RunStatus.COMPLETED else None
+        await engine.finish(outcome, message_id=answer_id)
         detail = outcome.error_code or outcome.cancel_reason
         self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_ENDED,
                                       at=self._clock.now(), run_id=run.id,
                                       outcome=outcome.status.value, detail=detail))
         self._registry.ended(run, outcome.status, detail)
-        return True
 
     def _history(self, run: Run, messages: Sequence[Message]) -> list[ChatMessage]:
         """The thread as this run should see it: earlier turns, then its own message last.
@@ -231,17 +234,6 @@ class ChatService:
                             and self._registry.holds(m.run_id))]
         return [ChatMessage(role="user" if m.role is Role.USER else "assistant", content=m.text)
                 for m in [*earlier, *own]]
-
-    async def _persist(self, run: Run, outcome: RunOutcome) -> str | None:
-        """Store the answer and the run's end before the terminal event, so HTTP agrees with it."""
-        now = self._clock.now()
-        answer = None
-        if outcome.status is RunStatus.COMPLETED:
-            answer = Message(id=self._ids.new_id("msg"), thread_id=run.thread_id, user_id=run.user_id,
-                             role=Role.ASSISTANT, text=outcome.text, created_at=now, run_id=run.id)
-        await self._runs.finish(run.id, outcome.status, finished_at=now, answer=answer,
-                                error=outcome.error_message or outcome.cancel_reason)
-        return None if answer is None else answer.id
 
     # -- cancelling and waiting ----------------------------------------------------------------
 

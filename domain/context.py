@@ -37,6 +37,9 @@ class UserExecutionContext:
     run_id: str
     request_id: str
     created_at: datetime
+    # Which holding of the run's lease this execution is: raised by every takeover, and carried
+    # by every event it writes, so the writes of a holder that lost the run are refused.
+    lease_epoch: int = 0
     metadata: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -44,6 +47,8 @@ class UserExecutionContext:
             _check_id(name, getattr(self, name))
         if not isinstance(self.created_at, datetime) or self.created_at.tzinfo is None:
             raise InvalidContext("created_at must be a timezone-aware datetime")
+        if type(self.lease_epoch) is not int or self.lease_epoch < 0:
+            raise InvalidContext("lease_epoch must be a whole number, 0 or more")
         if not isinstance(self.metadata, Mapping):
             raise InvalidContext("metadata must be a mapping")
         # A private copy behind a read-only view: the caller's dict can't change the context later.

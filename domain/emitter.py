@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from domain.context import UserExecutionContext
+from domain.errors import LeaseLost
 from domain.events import AgentEvent, EventPayload
 from domain.ports import Clock
 
@@ -22,18 +23,26 @@ class RunEventEmitter:
     in the order they were handed over. The run waits for its events only at its terminal
     event (which must not be sent before the rest are stored) and when MAX_IN_FLIGHT are
     outstanding, so a run costs its user one storage round trip, not one per event.
+
+    Fenced: every event carries the lease epoch its run holds here. Once the log refuses one
+    (LeaseLost: another process took the run over), `on_lease_lost` is told at once and every
+    later emit raises LeaseLost without publishing anything.
     """
 
-    __slots__ = ("_clock", "_context", "_in_flight", "_publish", "_seq", "_terminal_sent")
+    __slots__ = ("_clock", "_context", "_epoch", "_in_flight", "_lost", "_publish", "_seq",
+                 "_terminal_sent", "on_lease_lost")
 
     def __init__(self, context: UserExecutionContext, publish: Publish, clock: Clock, *,
-                 after_seq: int = 0) -> None:
+                 after_seq: int = 0, epoch: int = 0) -> None:
         self._context = context
         self._publish = publish
         self._clock = clock
         self._seq = after_seq
+        self._epoch = epoch
         self._terminal_sent = False
+        self._lost = False
         self._in_flight: list[asyncio.Future[AgentEvent]] = []
+        self.on_lease_lost: Callable[[], None] | None = None
 
     @property
     def context(self) -> UserExecutionContext:
@@ -47,8 +56,18 @@ class RunEventEmitter:
     def terminal_sent(self) -> bool:
         return self._terminal_sent
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def lease_lost(self) -> bool:
+        return self._lost
+
     async def emit(self, payload: EventPayload) -> None:
         """Hand the event over; waits only as the class says. Raises if an earlier one failed."""
+        if self._lost:
+            raise LeaseLost(f"run {self._context.run_id} was taken over; {payload.TYPE} not sent")
         if self._terminal_sent:
             raise RuntimeError(f"run {self._context.run_id} already ended; {payload.TYPE} not sent")
         terminal = payload.TERMINAL
@@ -63,10 +82,20 @@ class RunEventEmitter:
             seq=self._seq,
             ts=self._clock.now(),
             data=payload.data(),
+            epoch=self._epoch,
         )
-        self._in_flight.append(asyncio.ensure_future(self._publish(event)))
+        future = asyncio.ensure_future(self._publish(event))
+        future.add_done_callback(self._check_lease)
+        self._in_flight.append(future)
         if terminal or len(self._in_flight) >= MAX_IN_FLIGHT:
             await self.confirm()
+
+    def _check_lease(self, future: asyncio.Future[AgentEvent]) -> None:
+        if self._lost or future.cancelled() or not isinstance(future.exception(), LeaseLost):
+            return
+        self._lost = True
+        if self.on_lease_lost is not None:
+            self.on_lease_lost()
 
     async def confirm(self) -> None:
         """Wait until every event handed over is stored and delivered; raise the first failure.

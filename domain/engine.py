@@ -55,6 +55,8 @@ class UserExecutionEngine:
             raise ValueError("the emitter must be bound to this engine's context")
         self._context = context
         self._emitter = emitter
+        # Another process took the run over: stop at once, its writes would be refused anyway.
+        emitter.on_lease_lost = lambda: self.cancel("lease_lost")
         self._model = model
         self._toolbox = toolbox
         self._limits = limits

@@ -66,6 +66,8 @@ class Run:
     # The process that runs it, and until when: a run whose lease lapses was orphaned by a crash.
     owner: str | None = None
     lease_expires_at: datetime | None = None
+    # Raised by each takeover; only the holder of the current epoch may write the run's events.
+    lease_epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,10 @@ class CursorExpired(DomainError):
     code = "cursor_expired"
 
 
+class LeaseLost(Exception):
+    """Another process took the run over (its lease epoch moved on): this one must stop writing it."""
+
+
 class InvalidContext(ValueError):
     """A UserExecutionContext built from empty, placeholder or malformed values."""
 

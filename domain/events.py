@@ -9,6 +9,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from domain.entities import RunStatus
+
 
 class EventType(StrEnum):
     AGENT_STARTED = "agent_started"
@@ -141,6 +143,20 @@ PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType({
 
 TERMINAL_EVENTS = frozenset(type_ for type_, payload in PAYLOADS.items() if payload.TERMINAL)
 
+# The status a run's terminal event gives it, stored in the same transaction as the event.
+FINAL_STATUS: Mapping[EventType, RunStatus] = MappingProxyType({
+    EventType.AGENT_COMPLETED: RunStatus.COMPLETED,
+    EventType.AGENT_ERROR: RunStatus.FAILED,
+    EventType.AGENT_CANCELLED: RunStatus.CANCELLED,
+})
+
+
+def run_end(event: AgentEvent) -> tuple[RunStatus, str | None]:
+    """The final status a terminal event writes on its run, and its `error`: agent_error's code
+    or agent_cancelled's reason (what a program can act on; the message is in the event)."""
+    error = event.data.get("code") if event.type is EventType.AGENT_ERROR else event.data.get("reason")
+    return FINAL_STATUS[event.type], error
+
 
 @dataclass(slots=True)
 class AgentEvent:
@@ -157,6 +173,9 @@ class AgentEvent:
     ts: datetime
     data: Mapping[str, Any]
     cursor: str | None = None
+    # The lease epoch its writer held: the log refuses it once the run's epoch has moved on.
+    # None: not fenced (an event written outside a run's lease, as tests do).
+    epoch: int | None = None
 
     def with_cursor(self, cursor: str) -> AgentEvent:
         return replace(self, cursor=cursor)

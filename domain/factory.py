@@ -159,8 +159,10 @@ class ExecutionEngineFactory:
         return engine
 
     def emitter_for(self, context: UserExecutionContext, *, after_seq: int = 0) -> RunEventEmitter:
-        """The one way to emit a run's events: numbered after `after_seq`, through the one bridge."""
-        return RunEventEmitter(context, self._bridge.publish, self._clock, after_seq=after_seq)
+        """The one way to emit a run's events: numbered after `after_seq`, fenced by the context's
+        lease epoch, through the one bridge."""
+        return RunEventEmitter(context, self._bridge.publish, self._clock, after_seq=after_seq,
+                               epoch=context.lease_epoch)
 
     async def reject_run(self, context: UserExecutionContext, error: LimitExceeded) -> None:
         """A run refused before it had an engine still gets its first and terminal events."""

@@ -1,18 +1,20 @@
-"""Housekeeping: lease this process's runs, fail the runs of processes that died, sweep, prune."""
+"""Housekeeping: lease this process's runs, end the runs nobody runs any more, sweep, prune."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 
 from domain.context import UserExecutionContext
-from domain.entities import AuditAction, AuditEntry, Run
+from domain.entities import AuditAction, AuditEntry, Run, RunStatus
+from domain.errors import LeaseLost, StorageUnavailable
 from domain.events import AgentError, AgentStarted
 from domain.factory import ExecutionEngineFactory
 from domain.leases import LeasePolicy
 from domain.ports import AuditLog, Clock, EventLog, RunRepository
+from domain.runs import RunRegistry
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +23,24 @@ INTERRUPTED_MESSAGE = ("The server running this request stopped before it finish
                        "please send your message again.")
 
 
-
 class Housekeeper:
+    """Every run ends with exactly one terminal event, whoever ends it.
+
+    A run is ended as `interrupted` by the process that takes it over (with the next lease
+    epoch, so the old holder's writes are refused): a process that restarts takes back, at
+    once, the runs it held before (its owner name is stable across restarts); any process
+    takes the runs whose lease lapsed one ttl ago (an owner that is only slow renews in time).
+    This process also ends its own stranded runs (their task ended while the database was
+    away) as soon as the database answers again.
+    """
+
     def __init__(
         self,
         *,
         runs: RunRepository,
         events: EventLog,
         factory: ExecutionEngineFactory,
+        registry: RunRegistry,
         audit: AuditLog,
         clock: Clock,
         lease: LeasePolicy,
@@ -37,37 +49,70 @@ class Housekeeper:
         self._runs = runs
         self._events = events
         self._factory = factory
+        self._registry = registry
         self._audit = audit
         self._clock = clock
         self._lease = lease
         self._retention = retention
         self._last_prune = None
 
+    def _until(self) -> timedelta:
+        return timedelta(seconds=self._lease.ttl_s)
+
     async def renew_leases(self) -> int:
-        return await self._runs.renew_leases(self._lease.owner,
-                                             self._clock.now() + timedelta(seconds=self._lease.ttl_s))
+        """Only the runs a task of this process runs: a run nobody runs must lapse, to be ended."""
+        return await self._runs.renew_leases(self._lease.owner, self._clock.now() + self._until(),
+                                             self._registry.held())
+
+    async def take_back_at_boot(self) -> list[Run]:
+        """The runs this process's predecessor (same owner name) held: nobody runs them now."""
+        taken = await self._runs.take_over(new_owner=self._lease.owner,
+                                           until=self._clock.now() + self._until(),
+                                           previous_owner=self._lease.owner)
+        return await self._end_all(taken, "of this process before it restarted")
 
     async def recover_orphans(self) -> list[Run]:
-        """Fail every run whose owner stopped renewing it, and tell its user through its events.
+        """End every run whose owner stopped renewing its lease one ttl ago, and tell its user."""
+        now = self._clock.now()
+        taken = await self._runs.take_over(new_owner=self._lease.owner, until=now + self._until(),
+                                           lapsed_before=now - self._until())
+        return await self._end_all(taken, "of a stopped process")
 
-        A lease must have lapsed for one more ttl: an owner that is only slow (a busy loop, a
-        slow database) renews in time, and only one that is gone loses its runs.
-        """
-        lapsed_before = self._clock.now() - timedelta(seconds=self._lease.ttl_s)
-        orphans = list(await self._runs.claim_orphans(lapsed_before, INTERRUPTED))
-        for run in orphans:
-            context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
-                                           request_id="housekeeping", created_at=self._clock.now())
+    async def end_stranded(self) -> list[Run]:
+        """Runs of this process whose end could not be stored (the database was away)."""
+        return await self._end_all(self._registry.stranded(), "left without an end by an outage")
+
+    async def _end_all(self, runs: Iterable[Run], whose: str) -> list[Run]:
+        ended = []
+        for run in runs:
+            if await self._end_interrupted(run):
+                log.warning("run %s %s ended as interrupted", run.id, whose)
+                ended.append(run)
+        return ended
+
+    async def _end_interrupted(self, run: Run) -> bool:
+        """Send the run's terminal event (which stores its end); False if the database is away."""
+        context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
+                                       request_id="housekeeping", created_at=self._clock.now(),
+                                       lease_epoch=run.lease_epoch)
+        try:
             last = await self._events.last_seq(run.id)
             emitter = self._factory.emitter_for(context, after_seq=last)
             if last == 0:
                 await emitter.emit(AgentStarted("recovery"))
             await emitter.emit(AgentError(code=INTERRUPTED, message=INTERRUPTED_MESSAGE))
-            self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_ENDED,
-                                          at=self._clock.now(), run_id=run.id, outcome="failed",
-                                          detail=INTERRUPTED))
-            log.warning("run %s of a stopped process ended as interrupted", run.id)
-        return orphans
+        except StorageUnavailable:
+            self._registry.strand(run)  # still ours, with its lease: try again on the next beat
+            return False
+        except LeaseLost:
+            self._registry.unstrand(run.id)  # another process took it over and ends it
+            return False
+        self._registry.unstrand(run.id)
+        self._registry.ended(run, RunStatus.FAILED, INTERRUPTED)
+        self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_ENDED,
+                                      at=self._clock.now(), run_id=run.id, outcome="failed",
+                                      detail=INTERRUPTED))
+        return True
 
     async def prune_events(self) -> int:
         now = self._clock.now()
@@ -76,15 +121,21 @@ class Housekeeper:
         self._last_prune = now
         return await self._events.prune(now - self._retention)
 
-    async def tick(self) -> None:
-        await self.renew_leases()
+    async def boot(self) -> None:
+        """Before the process takes new runs: end what its predecessor and dead processes left."""
+        await self.take_back_at_boot()
         await self.recover_orphans()
         await self._factory.sweep()
         await self.prune_events()
 
     async def run_forever(self) -> None:
         """Leases are renewed on their own beat, never late behind a slow sweep or prune."""
-        await asyncio.gather(self._every(self.renew_leases), self._every(self._sweep_and_prune))
+        await asyncio.gather(self._every(self._renew_and_end_stranded),
+                             self._every(self._sweep_and_prune))
+
+    async def _renew_and_end_stranded(self) -> None:
+        await self.renew_leases()
+        await self.end_stranded()
 
     async def _sweep_and_prune(self) -> None:
         await self.recover_orphans()
@@ -98,5 +149,8 @@ class Housekeeper:
                 await work()
             except asyncio.CancelledError:
                 raise
+            except StorageUnavailable:
+                log.warning("housekeeping waits for the database; trying again in %.1f s",
+                            self._lease.interval_s)
             except Exception:
                 log.exception("housekeeping failed; trying again in %.1f s", self._lease.interval_s)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from domain.entities import AuditEntry, Message, Note, Run, RunStatus, Thread, User
+    from domain.entities import AuditEntry, Message, Note, Run, Thread, User
     from domain.events import AgentEvent
     from domain.llm import ModelChunk, ModelRequest
 
@@ -43,7 +43,12 @@ class EventLog(Protocol):
     async def append(self, event: AgentEvent) -> AgentEvent: ...
 
     def submit(self, event: AgentEvent) -> Awaitable[AgentEvent]:
-        """Queue the event; resolves to it with its cursor once stored. Stored in queue order."""
+        """Queue the event; resolves to it with its cursor once stored. Stored in queue order.
+
+        Fenced: an event whose `epoch` is not its run's current lease epoch, or of a run that
+        ended, is refused (LeaseLost). A terminal event stores its run's end in the same
+        transaction: the final status and, for agent_completed, the answer message.
+        """
         ...
 
     def listen(self, listener: Callable[[list[AgentEvent]], Awaitable[None]] | None) -> None:
@@ -107,36 +112,32 @@ class RunRepository(Protocol):
         """
         ...
 
-    async def finish(self, run_id: str, status: RunStatus, *, finished_at: datetime,
-                     error: str | None = None, answer: Message | None = None) -> None:
-        """The run's end in one transaction: its answer (touching its thread), then its status."""
-        ...
-
     async def get(self, user_id: str, run_id: str) -> Run | None: ...
 
     async def get_by_client_message_id(self, user_id: str, client_message_id: str) -> Run | None: ...
 
-    async def set_status(
-        self,
-        run_id: str,
-        status: RunStatus,
-        *,
-        finished_at: datetime | None = None,
-        error: str | None = None,
-    ) -> None: ...
+    async def mark_running(self, run_id: str, epoch: int) -> None:
+        """Queued becomes running, if the run is still held at `epoch`.
+
+        A run's end is not written here: its terminal event stores it (EventLog), so neither
+        exists without the other.
+        """
+        ...
 
     async def count_unfinished(self, user_id: str) -> int:
         """Runs of the user queued or running, on any process."""
         ...
 
-    async def renew_leases(self, owner: str, until: datetime) -> int:
-        """Extend the lease of every unfinished run this owner holds; returns how many."""
+    async def renew_leases(self, owner: str, until: datetime, run_ids: Collection[str]) -> int:
+        """Extend the leases `owner` holds of these unfinished runs (those it runs); how many."""
         ...
 
-    async def claim_orphans(self, now: datetime, error: str, limit: int = 100) -> Sequence[Run]:
-        """Atomically fail unfinished runs whose lease lapsed before `now`; returns those runs.
+    async def take_over(self, *, new_owner: str, until: datetime, lapsed_before: datetime | None = None,
+                        previous_owner: str | None = None, limit: int = 100) -> Sequence[Run]:
+        """Atomically take unfinished runs whose lease lapsed before `lapsed_before` (or that
+        `previous_owner` held) for `new_owner`, with the next lease epoch; returns them.
 
-        Two processes sweeping at once never claim the same run twice.
+        Two processes sweeping at once never take the same run twice.
         """
         ...
 

@@ -31,6 +31,9 @@ class RunRegistry:
         self._runs: dict[str, Run] = {}
         self._pending: defaultdict[str, int] = defaultdict(int)
         self._cancel_requests: dict[str, str] = {}
+        # Runs whose task ended without storing their end (the database was away): still ours
+        # to end, by the housekeeper, as soon as the database answers.
+        self._stranded: dict[str, Run] = {}
         self._accepting = True
         self._outcomes = {status.value: 0 for status in
                           (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)}
@@ -60,6 +63,22 @@ class RunRegistry:
     @property
     def active(self) -> int:
         return len(self._tasks)
+
+    def held(self) -> list[str]:
+        """The runs a task of this process is running or queueing: the leases worth renewing."""
+        return list(self._tasks)
+
+    # -- runs left without an end ----------------------------------------------------------------
+
+    def strand(self, run: Run) -> None:
+        """The run's task ended but its end was not stored: it waits here to be ended."""
+        self._stranded[run.id] = run
+
+    def stranded(self) -> list[Run]:
+        return list(self._stranded.values())
+
+    def unstrand(self, run_id: str) -> None:
+        self._stranded.pop(run_id, None)
 
     # -- starting and ending ------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ async def _boot(app: web.Application) -> None:
     await app[LIFECYCLE].services.control.start(app[LIFECYCLE].services.runs.cancel,
                                                 partial(close_revoked_sockets, bridge))
     housekeeper = await container.housekeeper()
-    await housekeeper.tick()  # fail what a crashed predecessor left running before taking new runs
+    await housekeeper.boot()  # end what a crashed predecessor left running before taking new runs
     app[LIFECYCLE].housekeeping = asyncio.create_task(housekeeper.run_forever(), name="housekeeping")
     app[LIFECYCLE].ready = True
     logger.info("goldenpath ready (env={})", app[SETTINGS].env)

@@ -49,6 +49,8 @@ def serve(args: argparse.Namespace) -> int:
     settings = container.settings()
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
+    # What the process serves on is part of its identity (the name it owns runs under).
+    settings.server.host, settings.server.port = host, port
     return asyncio.run(_serve(container, host, port))
 
 

@@ -6,16 +6,16 @@ import asyncio
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 from dependency_injector import providers
 
 from container import Container, Settings
-from domain.entities import AuditEntry, Message, Note, Run, RunStatus, Thread, User
-from domain.errors import Conflict
-from domain.events import AgentEvent
+from domain.entities import AuditEntry, Message, Note, Role, Run, RunStatus, Thread, User
+from domain.errors import Conflict, LeaseLost
+from domain.events import AgentEvent, EventType, run_end
 from domain.limits import EngineLimits
 from domain.llm import ModelChunk, ModelRequest, TextDelta
 from domain.tools import Tool, ToolBox
@@ -165,13 +165,6 @@ class InMemoryRunRepository:
             await self._messages.add(message)
             await self._threads.touch(run.thread_id, message.created_at)
 
-    async def finish(self, run_id: str, status: RunStatus, *, finished_at: datetime,
-                     error: str | None = None, answer: Message | None = None) -> None:
-        if answer is not None:
-            await self._messages.add(answer)
-            await self._threads.touch(answer.thread_id, answer.created_at)
-        await self.set_status(run_id, status, finished_at=finished_at, error=error)
-
     async def get(self, user_id: str, run_id: str) -> Run | None:
         run = self.runs.get(run_id)
         return run if run is not None and run.user_id == user_id else None
@@ -180,44 +173,74 @@ class InMemoryRunRepository:
         return next((r for r in self.runs.values()
                      if r.user_id == user_id and r.client_message_id == client_message_id), None)
 
-    async def set_status(self, run_id: str, status: RunStatus, *, finished_at: datetime | None = None,
-                         error: str | None = None) -> None:
+    async def mark_running(self, run_id: str, epoch: int) -> None:
         run = self.runs[run_id]
-        if run.status.is_final:
-            return
-        self.runs[run_id] = replace(run, status=status, finished_at=finished_at or run.finished_at,
-                                    error=error or run.error)
+        if run.lease_epoch == epoch and run.status is RunStatus.QUEUED:
+            self.runs[run_id] = replace(run, status=RunStatus.RUNNING)
+
+    def end(self, event: AgentEvent) -> None:
+        """What a terminal event stores with it (the SQL event log does it in its transaction)."""
+        status, error = run_end(event)
+        self.runs[event.run_id] = replace(self.runs[event.run_id], status=status,
+                                          finished_at=event.ts, error=error)
+        if event.type is EventType.AGENT_COMPLETED:
+            self._messages.messages.append(Message(
+                id=event.data["message_id"], thread_id=event.thread_id, user_id=event.user_id,
+                role=Role.ASSISTANT, text=event.data["text"], created_at=event.ts, run_id=event.run_id))
+            self._threads.threads[event.thread_id] = replace(self._threads.threads[event.thread_id],
+                                                             updated_at=event.ts)
+
+    def refuses(self, event: AgentEvent) -> bool:
+        """The event log's fence: the writer no longer holds the run, or the run ended."""
+        if event.epoch is None:
+            return False
+        run = self.runs.get(event.run_id)
+        return run is None or run.lease_epoch != event.epoch or run.status.is_final
 
     async def count_unfinished(self, user_id: str) -> int:
         return sum(r.user_id == user_id and not r.status.is_final for r in self.runs.values())
 
-    async def renew_leases(self, owner: str, until: datetime) -> int:
-        mine = [r for r in self.runs.values() if r.owner == owner and not r.status.is_final]
+    async def renew_leases(self, owner: str, until: datetime, run_ids: Collection[str]) -> int:
+        mine = [r for r in self.runs.values()
+                if r.owner == owner and r.id in run_ids and not r.status.is_final]
         for run in mine:
             self.runs[run.id] = replace(run, lease_expires_at=until)
         return len(mine)
 
-    async def claim_orphans(self, now: datetime, error: str, limit: int = 100) -> Sequence[Run]:
-        lapsed = [r for r in self.runs.values() if not r.status.is_final
-                  and r.lease_expires_at is not None and r.lease_expires_at < now][:limit]
-        for run in lapsed:
-            self.runs[run.id] = replace(run, status=RunStatus.FAILED, finished_at=now, error=error)
-        return [self.runs[r.id] for r in lapsed]
+    async def take_over(self, *, new_owner: str, until: datetime, lapsed_before: datetime | None = None,
+                        previous_owner: str | None = None, limit: int = 100) -> Sequence[Run]:
+        wanted = [r for r in self.runs.values() if not r.status.is_final and r.lease_expires_at is not None
+                  and (lapsed_before is None or r.lease_expires_at < lapsed_before)
+                  and (previous_owner is None or r.owner == previous_owner)][:max(limit, 0)]
+        for run in wanted:
+            self.runs[run.id] = replace(run, owner=new_owner, lease_expires_at=until,
+                                        lease_epoch=run.lease_epoch + 1)
+        return sorted((self.runs[r.id] for r in wanted), key=lambda run: run.id)
 
 
 class InMemoryEventLog:
-    """Every event in append order; the cursor is the position."""
+    """Every event in append order; the cursor is the position. Fenced, and a terminal event
+    stores its run's end, like the SQL event log, when it is given the run repository."""
 
-    def __init__(self) -> None:
+    def __init__(self, runs: InMemoryRunRepository | None = None) -> None:
         self.events: list[AgentEvent] = []
+        self.refused: list[AgentEvent] = []
+        self._runs = runs
         self._listener: Callable[[list[AgentEvent]], Awaitable[None]] | None = None
 
     async def append(self, event: AgentEvent) -> AgentEvent:
         return await self.submit(event)
 
     def submit(self, event: AgentEvent) -> asyncio.Future[AgentEvent]:
+        if self._runs is not None and self._runs.refuses(event):
+            self.refused.append(event)
+            refused: asyncio.Future[AgentEvent] = asyncio.get_running_loop().create_future()
+            refused.set_exception(LeaseLost(f"run {event.run_id}: event {event.seq} refused"))
+            return refused
         stored = event.with_cursor(f"{len(self.events) + 1:020d}")
         self.events.append(stored)
+        if self._runs is not None and event.type.is_terminal and event.run_id in self._runs.runs:
+            self._runs.end(stored)
         return asyncio.ensure_future(self._hand_over(stored))
 
     def listen(self, listener: Callable[[list[AgentEvent]], Awaitable[None]] | None) -> None:

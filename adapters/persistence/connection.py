@@ -14,11 +14,20 @@ from domain.errors import StorageUnavailable
 T = TypeVar("T")
 
 
+# SQLSTATE classes of a server that is away rather than a statement that is wrong: connection
+# exceptions (08), insufficient resources (53: too many connections), operator intervention (57:
+# shutting down, starting up, "cannot connect now"), system errors (58).
+_OUTAGE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
+
+
 def is_database_outage(exc: BaseException) -> bool:
-    """The database itself failed (unreachable, gone, timed out), not a statement's data."""
+    """The database itself failed (unreachable, gone, restarting, timed out), not a statement's data."""
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
-    return isinstance(exc, OSError | TimeoutError)
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return isinstance(state, str) and state[:2] in _OUTAGE_SQLSTATE_CLASSES
+    return isinstance(exc, OSError | TimeoutError | ConnectionError)
 
 
 DATABASE_AWAY = "The database is not answering just now; send that again in a moment."

@@ -10,14 +10,15 @@ from functools import partial
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.persistence.connection import SqlConnection
+from adapters.persistence.connection import DATABASE_AWAY, SqlConnection, is_database_outage
 from adapters.persistence.database import Database
-from adapters.persistence.tables import event_log_state, events
-from domain.errors import CursorExpired, InvalidMessage
-from domain.events import AgentEvent, EventType
+from adapters.persistence.tables import event_log_state, events, messages, runs, threads
+from domain.entities import Role, RunStatus
+from domain.errors import CursorExpired, InvalidMessage, LeaseLost, StorageUnavailable
+from domain.events import AgentEvent, EventType, run_end
 
 CURSOR_DIGITS = 20
 PRUNE_BATCH = 5000
@@ -31,6 +32,14 @@ _Event = tuple[AgentEvent, dict[str, Any], "asyncio.Future[AgentEvent]"]
 
 
 _MAX_EVENT_ID = select(func.max(events.c.id))
+_TOUCH_THREAD = (update(threads).where(threads.c.id == bindparam("thread_id"))
+                 .values(updated_at=bindparam("at")))
+# Not status.in_(): an expanding IN cannot run as executemany.
+_END_RUN = (update(runs)
+            .where(runs.c.id == bindparam("run_id"),
+                   or_(*(runs.c.status == status for status in (RunStatus.QUEUED, RunStatus.RUNNING))))
+            .values(status=bindparam("new_status"), finished_at=bindparam("new_finished_at"),
+                    error=bindparam("new_error")))
 _NUMBERED_THROUGH = (select(func.max(event_log_state.c.value))
                      .where(event_log_state.c.name.in_((PRUNED_THROUGH, DELETED_THROUGH))))
 
@@ -101,6 +110,7 @@ class SqlAlchemyEventLog:
         self._prune_batch = prune_batch
         self._staged: list[_Event] = []
         self._stored: list[tuple[AgentEvent, asyncio.Future[AgentEvent]]] = []
+        self._refused: list[tuple[AgentEvent, asyncio.Future[AgentEvent]]] = []
         self._listener: Callable[[list[AgentEvent]], Awaitable[None]] | None = None
         self._pruned_through = 0
         self._open = False
@@ -206,16 +216,29 @@ class SqlAlchemyEventLog:
     async def before_commit(self, conn: SqlConnection) -> None:
         if self._staged:
             staged, self._staged = self._staged, []
+            refused = await _fence(conn, [event for event, _, _ in staged])
+            if refused:
+                self._refused.extend((event, future) for event, _, future in staged
+                                     if event.run_id in refused)
+                staged = [item for item in staged if item[0].run_id not in refused]
             rows = [row for _, row, _ in staged]
-            await self._insert(conn, rows)
+            if rows:
+                await self._insert(conn, rows)
+                await _end_runs(conn, [event for event, _, _ in staged if event.type.is_terminal])
             self._stored.extend((event.with_cursor(encode_cursor(row["id"])), future)
                                 for (event, _, future), row in zip(staged, rows, strict=True))
 
     def discard(self) -> None:
         self._staged.clear()
         self._stored.clear()
+        self._refused.clear()
 
     async def after_commit(self) -> None:
+        refused, self._refused = self._refused, []
+        for event, future in refused:
+            if not future.done():
+                future.set_exception(LeaseLost(f"run {event.run_id} is no longer held at epoch "
+                                               f"{event.epoch}; event {event.seq} refused"))
         if not self._stored:
             return
         stored, self._stored = self._stored, []
@@ -238,11 +261,55 @@ class SqlAlchemyEventLog:
         await conn.execute(insert(events), rows)
 
 
+async def _fence(conn: SqlConnection, staged: list[AgentEvent]) -> set[str]:
+    """The runs whose staged events must be refused: their lease epoch moved on, or they ended.
+
+    Read in the insert's transaction; on PostgreSQL with FOR SHARE, so a takeover (an UPDATE
+    of the run's row) waits for this batch to commit, or this batch for the takeover: an event
+    is stored only while its writer holds the run.
+    """
+    held = {event.run_id: event.epoch for event in staged if event.epoch is not None}
+    if not held:
+        return set()
+    query = select(runs.c.id, runs.c.lease_epoch, runs.c.status).where(runs.c.id.in_(held))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(read=True)
+    current = {row.id: row for row in await conn.execute(query)}
+    return {run_id for run_id, epoch in held.items()
+            if (row := current.get(run_id)) is None or row.lease_epoch != epoch
+            or RunStatus(row.status).is_final}
+
+
+async def _end_runs(conn: SqlConnection, terminal: list[AgentEvent]) -> None:
+    """A run's end is stored with its terminal event, in one transaction: its final status and,
+    for agent_completed, the answer as the thread's next message (touching the thread)."""
+    if not terminal:
+        return
+    ends, answers, touches = [], [], []
+    for event in terminal:
+        status, error = run_end(event)
+        ends.append({"run_id": event.run_id, "new_status": status.value, "new_finished_at": event.ts,
+                     "new_error": error})
+        if event.type is EventType.AGENT_COMPLETED:
+            answers.append({"id": event.data["message_id"], "thread_id": event.thread_id,
+                            "user_id": event.user_id, "role": Role.ASSISTANT.value,
+                            "text": event.data["text"], "run_id": event.run_id, "created_at": event.ts})
+            touches.append({"thread_id": event.thread_id, "at": event.ts})
+    await conn.execute(_END_RUN, ends)
+    if answers:
+        await conn.execute(insert(messages), answers)
+        await conn.execute(_TOUCH_THREAD, touches)
+
+
 def _report_failure(event_future: asyncio.Future[AgentEvent], staged: asyncio.Future[None]) -> None:
     """The event's batch failed and so did the event alone: its appender gets the error."""
     if staged.cancelled():
         event_future.cancel()
     elif (exc := staged.exception()) is not None:
-        logger.opt(exception=exc).error("could not store an event")
+        if is_database_outage(exc):
+            # The committer logs the outage once per batch; the appender gets the domain's error.
+            exc = StorageUnavailable(DATABASE_AWAY)
+        else:
+            logger.opt(exception=exc).error("could not store an event")
         if not event_future.done():
             event_future.set_exception(exc)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from adapters.persistence.committer import Transaction
@@ -59,14 +59,11 @@ _RUN_BY_CLIENT_MESSAGE_ID = select(runs).where(runs.c.user_id == bindparam("user
                                                runs.c.client_message_id == bindparam("key"))
 _COUNT_UNFINISHED = (select(func.count()).select_from(runs)
                      .where(runs.c.user_id == bindparam("user_id"), runs.c.status.in_(_UNFINISHED)))
-# Guarded: a final status is never overwritten. finished_at and error change only when given.
-# Not status.in_(): an expanding IN cannot run as executemany, and this statement is staged.
-_SET_STATUS = (update(runs)
-               .where(runs.c.id == bindparam("run_id"),
-                      or_(*(runs.c.status == status for status in _UNFINISHED)))
-               .values(status=bindparam("new_status"),
-                       finished_at=func.coalesce(bindparam("new_finished_at"), runs.c.finished_at),
-                       error=func.coalesce(bindparam("new_error"), runs.c.error)))
+# Fenced: only the holder of the run's current lease epoch moves it on, and only while queued.
+_MARK_RUNNING = (update(runs)
+                 .where(runs.c.id == bindparam("run_id"), runs.c.lease_epoch == bindparam("epoch"),
+                        runs.c.status == RunStatus.QUEUED.value)
+                 .values(status=RunStatus.RUNNING.value))
 
 
 # Staged statements run in rank order: a table after the tables its rows reference.
@@ -96,14 +93,9 @@ def _run_row(run: Run) -> dict[str, Any]:
     return {"id": run.id, "user_id": run.user_id, "thread_id": run.thread_id,
             "status": run.status.value, "client_message_id": run.client_message_id,
             "created_at": run.created_at, "finished_at": run.finished_at, "error": run.error,
-            "owner": run.owner, "lease_expires_at": run.lease_expires_at}
+            "owner": run.owner, "lease_expires_at": run.lease_expires_at,
+            "lease_epoch": run.lease_epoch}
 
-
-def _stage_status(tx: Transaction, run_id: str, status: RunStatus, finished_at: datetime | None,
-                  error: str | None) -> None:
-    """A batch's status changes run as one UPDATE, in the order they were made."""
-    tx.stage(_SET_STATUS, {"run_id": run_id, "new_status": status.value,
-                           "new_finished_at": finished_at, "new_error": error}, rank=_UPDATES)
 
 
 class SqlAlchemyUserRepository:
@@ -251,49 +243,25 @@ class SqlAlchemyRunRepository:
     async def get_by_client_message_id(self, user_id: str, client_message_id: str) -> Run | None:
         return await self._one(_RUN_BY_CLIENT_MESSAGE_ID, user_id, client_message_id)
 
-    async def set_status(
-        self,
-        run_id: str,
-        status: RunStatus,
-        *,
-        finished_at: datetime | None = None,
-        error: str | None = None,
-    ) -> None:
-        """Sets the status; `finished_at` and `error` change only when given.
+    async def mark_running(self, run_id: str, epoch: int) -> None:
+        """Queued becomes running, if the run is still held at `epoch` and unfinished."""
 
-        A final status is never overwritten: a run that recovery already failed (its owner
-        stalled past its lease) stays failed whatever its owner writes afterwards.
-        """
+        async def mark(tx: Transaction) -> None:
+            tx.stage(_MARK_RUNNING, {"run_id": run_id, "epoch": epoch}, rank=_UPDATES)
 
-        async def set_run_status(tx: Transaction) -> None:
-            _stage_status(tx, run_id, status, finished_at, error)
-
-        await self._db.write(set_run_status)
-
-    async def finish(self, run_id: str, status: RunStatus, *, finished_at: datetime,
-                     error: str | None = None, answer: Message | None = None) -> None:
-        """The run's end in one transaction: its answer (touching the thread), then its status.
-
-        The status is guarded like set_status's; the answer is stored even if recovery failed
-        the run meanwhile (the user saw it streamed).
-        """
-
-        async def finish_run(tx: Transaction) -> None:
-            if answer is not None:
-                _stage_message(tx, answer)
-                _stage_touch(tx, answer.thread_id, answer.created_at)
-            _stage_status(tx, run_id, status, finished_at, error)
-
-        await self._db.write(finish_run)
+        await self._db.write(mark)
 
     async def count_unfinished(self, user_id: str) -> int:
         async with self._db.reading() as conn:
             return (await conn.execute(_COUNT_UNFINISHED, {"user_id": user_id})).scalar() or 0
 
-    async def renew_leases(self, owner: str, until: datetime) -> int:
-        """Extends the lease of every unfinished run `owner` holds to `until`; returns how many."""
+    async def renew_leases(self, owner: str, until: datetime, run_ids: Collection[str]) -> int:
+        """Extends to `until` the leases `owner` holds of these unfinished runs; returns how many."""
+        if not run_ids:
+            return 0
         statement = (update(runs)
-                     .where(runs.c.owner == owner, runs.c.status.in_(_UNFINISHED))
+                     .where(runs.c.owner == owner, runs.c.id.in_(list(run_ids)),
+                            runs.c.status.in_(_UNFINISHED))
                      .values(lease_expires_at=until))
 
         async def renew(conn: SqlConnection) -> int:
@@ -301,48 +269,58 @@ class SqlAlchemyRunRepository:
 
         return await self._db.write(renew)
 
-    async def claim_orphans(self, now: datetime, error: str, limit: int = 100) -> Sequence[Run]:
-        """Fails up to `limit` unfinished runs whose lease lapsed before `now`; returns them.
+    async def take_over(self, *, new_owner: str, until: datetime, lapsed_before: datetime | None = None,
+                        previous_owner: str | None = None, limit: int = 100) -> Sequence[Run]:
+        """Takes up to `limit` unfinished runs for `new_owner`: a new lease, the next lease epoch.
 
-        A run without a lease is never claimed. Each UPDATE re-checks its run is still an
-        unfinished orphan, so of two sweepers (tasks or processes) racing for a run only one
-        changes it and returns it.
+        Which runs: those whose lease lapsed before `lapsed_before`, or those `previous_owner`
+        held (a process restarting takes back what it held before). A run without a lease is
+        never taken. Each UPDATE re-checks its run still qualifies, so of two sweepers (tasks or
+        processes) racing for a run only one takes it.
         """
         if limit <= 0:
             return []
-        lapsed = (runs.c.status.in_(_UNFINISHED), runs.c.lease_expires_at < now)
-        oldest = select(runs.c.id).where(*lapsed).order_by(runs.c.lease_expires_at, runs.c.id)
-        values = {"status": RunStatus.FAILED.value, "finished_at": now, "error": error}
+        wanted: list[Any] = [runs.c.status.in_(_UNFINISHED), runs.c.lease_expires_at.is_not(None)]
+        if lapsed_before is not None:
+            wanted.append(runs.c.lease_expires_at < lapsed_before)
+        if previous_owner is not None:
+            wanted.append(runs.c.owner == previous_owner)
+        oldest = select(runs.c.id).where(*wanted).order_by(runs.c.lease_expires_at, runs.c.id)
+        values = {"owner": new_owner, "lease_expires_at": until, "lease_epoch": runs.c.lease_epoch + 1}
 
         async def claim(conn: SqlConnection) -> list[Run]:
             if conn.dialect.name == "postgresql":
-                return await self._claim_skipping_locked(conn, oldest.limit(limit), lapsed, values)
-            return await self._claim_one_by_one(conn, oldest.limit(limit), lapsed, values)
+                return await self._claim_skipping_locked(conn, oldest.limit(limit), wanted, values)
+            return await self._claim_one_by_one(conn, oldest.limit(limit), wanted, values)
 
-        claimed = await self._db.write(claim)
-        return sorted(claimed, key=lambda run: (run.lease_expires_at or now, run.id))
+        taken = await self._db.write(claim)
+        return sorted(taken, key=lambda run: run.id)
 
     @staticmethod
     async def _claim_skipping_locked(
-        conn: SqlConnection, candidates: Any, lapsed: tuple[Any, ...], values: dict[str, Any]
+        conn: SqlConnection, candidates: Any, wanted: list[Any], values: dict[str, Any]
     ) -> list[Run]:
-        """PostgreSQL: one UPDATE ... RETURNING; rows another sweeper has locked are skipped."""
+        """PostgreSQL: one UPDATE ... RETURNING; rows another sweeper has locked are skipped.
+
+        The candidates are a MATERIALIZED CTE, not `id IN (SELECT ... LIMIT n)`: PostgreSQL may
+        run such a subquery again for each row, and take more than `n` runs (seen in a test).
+        """
+        picked = candidates.with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED")
         statement = (update(runs)
-                     .where(runs.c.id.in_(candidates.with_for_update(skip_locked=True)), *lapsed)
+                     .where(runs.c.id == picked.c.id, *wanted)
                      .values(**values)
                      .returning(*runs.c))
         return [_run(row) for row in await conn.execute(statement)]
 
     @staticmethod
     async def _claim_one_by_one(
-        conn: SqlConnection, candidates: Any, lapsed: tuple[Any, ...], values: dict[str, Any]
+        conn: SqlConnection, candidates: Any, wanted: list[Any], values: dict[str, Any]
     ) -> list[Run]:
         """Any database: a guarded UPDATE per candidate, keeping those it changed."""
         ids = (await conn.execute(candidates)).scalars().all()
         claimed: list[str] = []
         for run_id in sorted(ids):  # one lock order for every sweeper
-            result = await conn.execute(update(runs).where(runs.c.id == run_id, *lapsed)
-                                        .values(**values))
+            result = await conn.execute(update(runs).where(runs.c.id == run_id, *wanted).values(**values))
             if result.rowcount == 1:
                 claimed.append(run_id)
         if not claimed:

@@ -103,6 +103,8 @@ runs = Table(
     # The server process running it, and until when; a lapsed lease marks an orphan (0002).
     Column("owner", String(NAME), nullable=True),
     Column("lease_expires_at", UtcDateTime(), nullable=True),
+    # Raised by every takeover: an event or status written under an older epoch is refused (0004).
+    Column("lease_epoch", Integer(), nullable=False, server_default="0"),
     UniqueConstraint("user_id", "client_message_id", name="uq_runs_user_id_client_message_id"),
     Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
 )

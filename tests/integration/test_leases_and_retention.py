@@ -23,7 +23,6 @@ from tests.integration.conftest import migrate_to
 from tests.integration.test_persistence import T0, add_thread, add_user, at
 
 NOW = at(60)
-LAPSED = "The server running this went away."
 
 
 def make_run(run_id: str, *, status: RunStatus = RunStatus.RUNNING, owner: str | None = "srv_a",
@@ -50,7 +49,7 @@ async def test_runs_keep_their_owner_and_lease(repo: SqlAlchemyRunRepository) ->
     assert stored == bare and stored.owner is None and stored.lease_expires_at is None
 
 
-async def test_renew_leases_touches_only_that_owners_unfinished_runs(
+async def test_renew_leases_touches_only_that_owners_unfinished_runs_it_runs(
     repo: SqlAlchemyRunRepository,
 ) -> None:
     mine = {"run_q": RunStatus.QUEUED, "run_r": RunStatus.RUNNING, "run_c": RunStatus.COMPLETED,
@@ -60,15 +59,23 @@ async def test_renew_leases_touches_only_that_owners_unfinished_runs(
     await repo.add(make_run("run_other", owner="srv_b", lease=at(1)))
     await repo.add(make_run("run_none", owner=None))
 
-    assert await repo.renew_leases("srv_a", at(30)) == 2
+    await repo.add(make_run("run_idle", lease=at(1)))  # srv_a's, but no task of srv_a runs it
+    held = [*mine, "run_other", "run_none"]  # what srv_a's tasks run (others are ignored)
+
+    assert await repo.renew_leases("srv_a", at(30), held) == 2
+    assert await repo.renew_leases("srv_a", at(30), []) == 0
     leases = {run_id: (await repo.get("usr_a", run_id)).lease_expires_at
-              for run_id in [*mine, "run_other", "run_none"]}
+              for run_id in [*mine, "run_other", "run_none", "run_idle"]}
     assert leases == {"run_q": at(30), "run_r": at(30), "run_c": at(1), "run_f": at(1),
-                      "run_x": at(1), "run_other": at(1), "run_none": None}
-    assert await repo.renew_leases("srv_nobody", at(30)) == 0
+                      "run_x": at(1), "run_other": at(1), "run_none": None, "run_idle": at(1)}
+    assert await repo.renew_leases("srv_nobody", at(30), held) == 0
 
 
-async def test_claim_orphans_claims_only_lapsed_leases(repo: SqlAlchemyRunRepository) -> None:
+def take(repo: SqlAlchemyRunRepository, **kwargs: Any):
+    return repo.take_over(new_owner="srv_z", until=at(120), **kwargs)
+
+
+async def test_take_over_takes_only_lapsed_leases_with_the_next_epoch(repo: SqlAlchemyRunRepository) -> None:
     await repo.add(make_run("run_queued", status=RunStatus.QUEUED, lease=at(2)))
     await repo.add(make_run("run_running", lease=at(1), owner="srv_b"))
     await repo.add(make_run("run_live", lease=at(61)))
@@ -78,34 +85,42 @@ async def test_claim_orphans_claims_only_lapsed_leases(repo: SqlAlchemyRunReposi
     for status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
         await repo.add(make_run(f"run_{status.value}", status=status, lease=at(1)))
 
-    claimed = await repo.claim_orphans(NOW, LAPSED)
-    assert [r.id for r in claimed] == ["run_running", "run_queued"]  # oldest lease first
-    for run in claimed:
-        assert (run.status, run.finished_at, run.error) == (RunStatus.FAILED, NOW, LAPSED)
+    taken = await take(repo, lapsed_before=NOW)
+    assert [r.id for r in taken] == ["run_queued", "run_running"]
+    for run in taken:
+        # Taken, not ended: the new holder ends it (its terminal event stores the end).
+        assert (run.owner, run.lease_expires_at, run.lease_epoch) == ("srv_z", at(120), 1)
+        assert not run.status.is_final and run.finished_at is None
         assert await repo.get("usr_a", run.id) == run
-    assert claimed[0].owner == "srv_b" and claimed[0].lease_expires_at == at(1)
-    assert await repo.claim_orphans(NOW, LAPSED) == []
+    assert await take(repo, lapsed_before=NOW) == []
     for run_id in ("run_live", "run_edge", "run_unleased", "run_unleased_owned"):
-        assert (await repo.get("usr_a", run_id)).status is RunStatus.RUNNING
-    for status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
+        assert (await repo.get("usr_a", run_id)).lease_epoch == 0
+    for status in (RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.FAILED):
         untouched = await repo.get("usr_a", f"run_{status.value}")
-        assert (untouched.status, untouched.finished_at, untouched.error) == (status, None, None)
-    assert (await repo.get("usr_a", "run_failed")).error is None
-    assert await repo.renew_leases("srv_b", at(90)) == 0  # a claimed run is nobody's any more
+        assert (untouched.status, untouched.owner, untouched.lease_epoch) == (status, "srv_a", 0)
+    assert await repo.renew_leases("srv_b", at(90), ["run_running"]) == 0  # no longer srv_b's
 
 
-async def test_claim_orphans_respects_the_limit(repo: SqlAlchemyRunRepository) -> None:
+async def test_take_over_of_a_previous_owner_takes_its_runs_whatever_their_lease(
+        repo: SqlAlchemyRunRepository) -> None:
+    await repo.add(make_run("run_mine", lease=at(500)))
+    await repo.add(make_run("run_theirs", lease=at(500), owner="srv_b"))
+    await repo.add(make_run("run_done", status=RunStatus.COMPLETED, lease=at(500)))
+    assert [r.id for r in await take(repo, previous_owner="srv_a")] == ["run_mine"]
+
+
+async def test_take_over_respects_the_limit(repo: SqlAlchemyRunRepository) -> None:
     for i in range(5):
         await repo.add(make_run(f"run_{i}", lease=at(10 - i)))
-    assert await repo.claim_orphans(NOW, LAPSED, limit=0) == []
-    assert [r.id for r in await repo.claim_orphans(NOW, LAPSED, limit=2)] == ["run_4", "run_3"]
-    assert [r.id for r in await repo.claim_orphans(NOW, LAPSED, limit=2)] == ["run_2", "run_1"]
-    assert [r.id for r in await repo.claim_orphans(NOW, LAPSED, limit=2)] == ["run_0"]
-    assert await repo.claim_orphans(NOW, LAPSED, limit=2) == []
+    assert await take(repo, lapsed_before=NOW, limit=0) == []
+    assert [r.id for r in await take(repo, lapsed_before=NOW, limit=2)] == ["run_3", "run_4"]
+    assert [r.id for r in await take(repo, lapsed_before=NOW, limit=2)] == ["run_1", "run_2"]
+    assert [r.id for r in await take(repo, lapsed_before=NOW, limit=2)] == ["run_0"]
+    assert await take(repo, lapsed_before=NOW, limit=2) == []
 
 
 @pytest.mark.parametrize("limit", [100, 3])
-async def test_concurrent_sweepers_claim_each_orphan_exactly_once(
+async def test_concurrent_sweepers_take_each_orphan_exactly_once(
     db: Database, repo: SqlAlchemyRunRepository, limit: int
 ) -> None:
     orphans = {f"run_{i:02d}" for i in range(30)}
@@ -116,18 +131,18 @@ async def test_concurrent_sweepers_claim_each_orphan_exactly_once(
     other_process = Database(db.url)  # its own engine, pool and (on SQLite) write lock
     try:
         sweepers = [repo, SqlAlchemyRunRepository(other_process)]
-        results = await asyncio.gather(*(sweepers[i % 2].claim_orphans(NOW, LAPSED, limit)
+        results = await asyncio.gather(*(take(sweepers[i % 2], lapsed_before=NOW, limit=limit)
                                          for i in range(20)))
         claimed = [run.id for result in results for run in result]
         assert len(claimed) == len(set(claimed)) and claimed
-        while more := await sweepers[0].claim_orphans(NOW, LAPSED, limit):
+        while more := await take(sweepers[0], lapsed_before=NOW, limit=limit):
             claimed += [run.id for run in more]
     finally:
         await other_process.dispose()
     assert sorted(claimed) == sorted(orphans)
     for run_id in orphans:
-        assert (await repo.get("usr_a", run_id)).status is RunStatus.FAILED
-    assert (await repo.get("usr_a", "run_live")).status is RunStatus.RUNNING
+        assert (await repo.get("usr_a", run_id)).lease_epoch == 1
+    assert (await repo.get("usr_a", "run_live")).lease_epoch == 0
 
 
 def event(run_id: str, seq: int, ts: datetime, *, user_id: str = "usr_a",
@@ -316,7 +331,7 @@ async def test_migration_0002_upgrades_and_downgrades(database: Database) -> Non
     await migrate_to(database, command.upgrade, "head")
     after = await schema(database)
     assert after["tables"] == before["tables"] | {"event_log_state"}
-    assert after["runs"] == [*before["runs"], "owner", "lease_expires_at"]
+    assert after["runs"] == [*before["runs"], "owner", "lease_expires_at", "lease_epoch"]
     assert after["indexes"] - before["indexes"] == {
         "ix_runs_status_lease_expires_at", "ix_events_ts", "ix_events_thread_id"}
     repo = SqlAlchemyRunRepository(database)
@@ -324,8 +339,9 @@ async def test_migration_0002_upgrades_and_downgrades(database: Database) -> Non
     assert {run_id: (r.owner, r.lease_expires_at) for run_id, r in migrated.items()} == {
         "run_q": (None, at(0)), "run_r": (None, at(1)), "run_c": (None, None),
         "run_f": (None, None)}
-    # Runs a pre-lease server left unfinished are orphans the first sweep fails.
-    assert [r.id for r in await repo.claim_orphans(at(10), LAPSED)] == ["run_q", "run_r"]
+    # Runs a pre-lease server left unfinished are orphans the first sweep takes (and ends).
+    taken = await repo.take_over(new_owner="srv_z", until=at(120), lapsed_before=at(10))
+    assert [r.id for r in taken] == ["run_q", "run_r"]
     await repo.add(Run(id="run_new", user_id="usr_a", thread_id="thr_1", status=RunStatus.RUNNING,
                        created_at=at(9), owner="srv_a", lease_expires_at=at(20)))
 
@@ -336,7 +352,7 @@ async def test_migration_0002_upgrades_and_downgrades(database: Database) -> Non
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
     assert version == "0001"
     assert rows == [("run_c", "completed"), ("run_f", "failed"), ("run_new", "running"),
-                    ("run_q", "failed"), ("run_r", "failed")]
+                    ("run_q", "queued"), ("run_r", "running")]
 
     await database.migrate()
     assert await schema(database) == after

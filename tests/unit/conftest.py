@@ -39,9 +39,10 @@ class Fakes:
 @pytest.fixture
 def fakes() -> Fakes:
     threads, messages = InMemoryThreadRepository(), InMemoryMessageRepository()
-    return Fakes(clock=FixedClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC)), events=InMemoryEventLog(),
-                 audit=InMemoryAuditLog(), threads=threads, messages=messages,
-                 runs=InMemoryRunRepository(threads, messages),
+    runs = InMemoryRunRepository(threads, messages)
+    return Fakes(clock=FixedClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC)),
+                 events=InMemoryEventLog(runs), audit=InMemoryAuditLog(), threads=threads,
+                 messages=messages, runs=runs,
                  notes=InMemoryNoteRepository(), users=InMemoryUserRepository())
 
 

@@ -9,7 +9,7 @@ from dependency_injector import providers
 
 from container import Container
 from domain.context import UserExecutionContext
-from domain.entities import AuditAction
+from domain.entities import AuditAction, Run, RunStatus, Thread
 from domain.errors import EngineClosed, LimitExceeded
 from domain.events import EventType
 from tests.fakes import RecordingSocket, ScriptedModel, answer
@@ -21,6 +21,16 @@ NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 def ctx(user: str = "usr_a", run: str = "run_1") -> UserExecutionContext:
     return UserExecutionContext(user_id=user, thread_id=f"thr_{user}", run_id=run,
                                 request_id="req_1", created_at=NOW)
+
+
+def held(fakes: Fakes, context: UserExecutionContext) -> UserExecutionContext:
+    """The run exists and this process holds it: the event log takes its events (they are fenced)."""
+    fakes.runs.runs[context.run_id] = Run(id=context.run_id, user_id=context.user_id,
+                                          thread_id=context.thread_id, status=RunStatus.RUNNING,
+                                          created_at=NOW)
+    fakes.threads.threads.setdefault(context.thread_id, Thread(
+        id=context.thread_id, user_id=context.user_id, title="t", created_at=NOW, updated_at=NOW))
+    return context
 
 
 async def factory_of(container: Container, model: ScriptedModel | None = None):
@@ -36,7 +46,7 @@ async def test_engine_emits_through_the_bridge_for_its_own_context(fake_containe
     alice, bob = RecordingSocket("usr_a"), RecordingSocket("usr_b")
     bridge.register(alice)
     bridge.register(bob)
-    async with factory.user_execution_scope(ctx()) as engine:
+    async with factory.user_execution_scope(held(fakes, ctx())) as engine:
         assert factory.metrics().active == 1
         outcome = await engine.run([])
         await engine.finish(outcome, message_id="msg_1")
@@ -66,7 +76,7 @@ async def test_scope_cleans_up_when_the_block_raises(fake_container: Container) 
 async def test_cleanup_is_idempotent_and_a_started_run_always_gets_a_terminal_event(
         fake_container: Container, fakes: Fakes) -> None:
     factory, _ = await factory_of(fake_container)
-    engine = await factory.create_for_user(ctx())
+    engine = await factory.create_for_user(held(fakes, ctx()))
     await engine.run([])  # no finish(): cleanup must still end the run
     await factory.cleanup_engine(engine)
     await factory.cleanup_engine(engine)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from dependency_injector import providers
 
 from container import Container
 from domain.context import UserExecutionContext
 from domain.entities import Run, RunStatus
-from domain.events import AgentStarted, AgentThinking
+from domain.errors import LeaseLost, StorageUnavailable
+from domain.events import AgentCompleted, AgentStarted, AgentThinking
 from tests.fakes import ScriptedModel, answer
+from tests.helpers import eventually
 from tests.unit.conftest import Fakes
 
 
@@ -57,18 +61,79 @@ async def test_orphans_of_a_dead_process_end_interrupted_with_the_next_seq(fake_
     assert await housekeeper.recover_orphans() == []  # each orphan is claimed once
 
 
-async def test_a_live_process_keeps_its_runs_by_renewing_leases(fake_container: Container,
-                                                               fakes: Fakes) -> None:
+async def test_a_live_process_renews_only_the_leases_of_runs_its_tasks_run(fake_container: Container,
+                                                                           fakes: Fakes) -> None:
     housekeeper = await started(fake_container)
     owner = fake_container.lease().owner
-    run(fakes, "run_mine", owner=owner, lease_in_s=1)
+    mine = run(fakes, "run_mine", owner=owner, lease_in_s=1)
+    run(fakes, "run_idle", owner=owner, lease_in_s=1)  # no task runs it (its task died): must lapse
+    registry, release = fake_container.run_registry(), asyncio.Event()
+
+    async def execute(_run: Run) -> None:
+        await release.wait()
+
+    registry.launch(mine, execute)
     fakes.clock.advance(20)
     assert await housekeeper.renew_leases() == 1
     assert await housekeeper.recover_orphans() == []
-    fakes.clock.advance(31)  # renewal stopped: lapsed, but an owner is given one more ttl
-    assert await housekeeper.recover_orphans() == []
-    fakes.clock.advance(30)  # still silent: this is what a crash looks like
+    fakes.clock.advance(31)  # run_idle lapsed one ttl ago: a crash, or a task that died
+    assert await housekeeper.renew_leases() == 1
+    assert [r.id for r in await housekeeper.recover_orphans()] == ["run_idle"]
+    release.set()
+    await eventually(lambda: registry.active == 0, what="the run's task ends")
+    fakes.clock.advance(61)
+    assert await housekeeper.renew_leases() == 0
     assert [r.id for r in await housekeeper.recover_orphans()] == ["run_mine"]
+
+
+async def test_a_takeover_fences_the_old_holder_its_late_events_are_refused_and_its_engine_stops(
+        fake_container: Container, fakes: Fakes) -> None:
+    housekeeper = await started(fake_container)
+    run(fakes, "run_stalled", owner="proc_stalled", lease_in_s=-31)
+    context = UserExecutionContext(user_id="usr_a", thread_id="thr_a", run_id="run_stalled",
+                                   request_id="r", created_at=fakes.clock.now())
+    stalled = fake_container.engine_factory().emitter_for(context)  # the old holder, epoch 0
+    await stalled.emit(AgentStarted("builtin"))
+    assert [r.lease_epoch for r in await housekeeper.recover_orphans()] == [1]
+    with pytest.raises(LeaseLost):
+        await stalled.emit(AgentCompleted(message_id="msg_late", text="late", usage={}))
+    assert stalled.lease_lost
+    events = [(e.seq, e.type.value) for e in fakes.events.events if e.run_id == "run_stalled"]
+    assert events == [(1, "agent_started"), (2, "agent_error")]  # one terminal event, the last
+    assert fakes.runs.runs["run_stalled"].status is RunStatus.FAILED
+    assert not any(m.id == "msg_late" for m in fakes.messages.messages)
+
+
+async def test_a_restarted_process_takes_back_its_predecessors_runs_at_boot(fake_container: Container,
+                                                                          fakes: Fakes) -> None:
+    housekeeper = await started(fake_container)
+    owner = fake_container.lease().owner
+    run(fakes, "run_before", owner=owner, lease_in_s=25)  # its lease has not even lapsed
+    run(fakes, "run_other", owner="proc_other", lease_in_s=25)
+    await housekeeper.boot()
+    assert fakes.runs.runs["run_before"].status is RunStatus.FAILED
+    assert fakes.runs.runs["run_other"].status is RunStatus.RUNNING
+    assert [e.type.value for e in fakes.events.events if e.run_id == "run_before"] == [
+        "agent_started", "agent_error"]
+
+
+async def test_a_run_stranded_by_an_outage_is_ended_once_the_database_answers(
+        fake_container: Container, fakes: Fakes) -> None:
+    housekeeper = await started(fake_container)
+    stranded = run(fakes, "run_stranded", owner=fake_container.lease().owner, lease_in_s=25)
+    registry = fake_container.run_registry()
+    registry.strand(stranded)
+    original = fakes.events.submit
+
+    def away(_event):
+        raise StorageUnavailable("the database is away")
+
+    fakes.events.submit = away  # type: ignore[method-assign]
+    assert await housekeeper.end_stranded() == []
+    assert registry.stranded() == [stranded]
+    fakes.events.submit = original  # type: ignore[method-assign]
+    assert [r.id for r in await housekeeper.end_stranded()] == ["run_stranded"]
+    assert registry.stranded() == [] and fakes.runs.runs["run_stranded"].status is RunStatus.FAILED
 
 
 async def test_runs_are_created_with_this_processs_lease(fake_container: Container, fakes: Fakes) -> None:
