@@ -32,6 +32,9 @@ SYSTEM_PROMPT = (
     "remember. Answer briefly."
 )
 
+# Between the texts of two model steps (before and after a tool call), so they are not glued.
+STEP_BREAK = "\n\n"
+
 
 @dataclass(slots=True)
 class RunState:
@@ -40,7 +43,7 @@ class RunState:
     conversation: list[ChatMessage] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     steps: int = 0
-    answer: list[str] = field(default_factory=list)
+    answer: list[str] = field(default_factory=list)  # joined with "": breaks are pieces too
     usage: Usage = field(default_factory=Usage)
 
 
@@ -114,6 +117,11 @@ async def _ask_model(
     async for chunk in _pieces(model, request, timeout_s):
         if isinstance(chunk, TextDelta):
             if chunk.text:
+                if not step.text and state.answer:
+                    # Text on both sides of a tool call: a visible break, streamed like the rest,
+                    # so what the user watched arrive is exactly the answer stored.
+                    state.answer.append(STEP_BREAK)
+                    await emitter.emit(AgentMessageDelta(STEP_BREAK))
                 step.text.append(chunk.text)
                 state.answer.append(chunk.text)
                 await emitter.emit(AgentMessageDelta(chunk.text))

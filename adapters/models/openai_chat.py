@@ -59,17 +59,21 @@ class OpenAIChatModel:
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelChunk]:
         arguments = self._arguments(request)
         for attempt in itertools.count():
-            chunks, yielded = 0, False
+            chunks, yielded, finished = 0, False, False
             try:
                 stream = await self._client.chat.completions.create(**arguments)
                 async with stream:
                     async for chunk in stream:
                         chunks += 1
-                        for piece in _read(chunk):
+                        pieces = _read(chunk)
+                        finished = finished or _finishes(chunk)
+                        for piece in pieces:
                             yielded = True
                             yield piece
                 if not chunks:  # e.g. a plain JSON body from a server that ignored stream=True
                     raise _bad_output("no streamed chunks")
+                if not finished:
+                    raise _cut_short()
                 return
             except openai.APIError as error:
                 delay = None if yielded else self._retry_delay(error, attempt)
@@ -200,6 +204,14 @@ def _read(chunk: Any) -> list[ModelChunk]:
     return pieces
 
 
+def _finishes(chunk: Any) -> bool:
+    """Whether a choice of this chunk says why the answer ended. The client swallows `[DONE]`, so
+    this is how a whole answer is told from a cut one; the usage chunk that some servers send
+    after it has no choices and changes nothing."""
+    return any(isinstance(reason := getattr(choice, "finish_reason", None), str) and reason
+               for choice in chunk.choices)
+
+
 def _text(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected text, got {type(value).__name__}")
@@ -218,6 +230,11 @@ def _retry_after(header: str | None) -> float | None:
         return max(0.0, (parsedate_to_datetime(header) - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError):
         return None
+
+
+def _cut_short() -> ModelError:
+    return ModelError("The model's stream ended before it finished (no finish_reason); the answer "
+                      "is incomplete, try again.", code="model_bad_output")
 
 
 def _bad_output(what: str) -> ModelError:

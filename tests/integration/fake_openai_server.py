@@ -89,9 +89,13 @@ async def _send(response: web.StreamResponse, data: dict[str, Any] | str) -> Non
     await response.write(f"data: {line}\n\n".encode())
 
 
-def stream(*deltas: dict[str, Any], finish_reason: str = "stop", usage: tuple[int, int] = (12, 7),
+def stream(*deltas: dict[str, Any], finish_reason: str | None = "stop",
+           usage: tuple[int, int] | None = (12, 7), done: bool = True,
            extra_lines: tuple[str, ...] = ()) -> Reply:
-    """A whole streamed answer: one chunk per delta, a finish chunk, the usage chunk, [DONE]."""
+    """A whole streamed answer: one chunk per delta, a finish chunk, the usage chunk, [DONE].
+
+    finish_reason=None, usage=None or done=False leave that line out, as servers that cut an
+    answer short (or are merely terse) do; the response still ends cleanly."""
 
     async def reply(request: web.Request, server: FakeOpenAI) -> web.StreamResponse:
         response = await _open_stream(request)
@@ -99,9 +103,12 @@ def stream(*deltas: dict[str, Any], finish_reason: str = "stop", usage: tuple[in
             await _send(response, line)
         for delta in deltas:
             await _send(response, chunk(delta))
-        await _send(response, chunk(finish_reason=finish_reason))
-        await _send(response, chunk(usage=usage))
-        await _send(response, "[DONE]")
+        if finish_reason is not None:
+            await _send(response, chunk(finish_reason=finish_reason))
+        if usage is not None:
+            await _send(response, chunk(usage=usage))
+        if done:
+            await _send(response, "[DONE]")
         await response.write_eof()
         return response
 

@@ -154,11 +154,8 @@ async def test_maps_messages_and_tools(fake: FakeOpenAI, make_model: MakeModel) 
         "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}}}}]
 
 
-async def test_the_agent_loop_calls_the_calculator_and_sends_back_its_result(
-    fake: FakeOpenAI, make_model: MakeModel
-) -> None:
-    fake.script(reply.tool_call("calculator", '{"expression":', ' "17 * 23"}', call_id="call_calc"),
-                reply.text("17 * 23 ", "is 391."))
+async def run_the_agent(model: OpenAIChatModel, question: str) -> tuple[str, list[AgentEvent], RunState]:
+    """The agent loop with the builtin tools on `model`: its answer, the events it emitted, its state."""
     clock = FixedClock(NOW)
     tools = toolbox(builtin_tools(notes=InMemoryNoteRepository(), ids=SequentialIds(), clock=clock))
     context = UserExecutionContext(user_id="u_alice", thread_id="t_1", run_id="r_1",
@@ -169,13 +166,28 @@ async def test_the_agent_loop_calls_the_calculator_and_sends_back_its_result(
         events.append(event)
         return event
 
-    state = RunState(conversation=[ChatMessage(role="user", content="What is 17 * 23?")])
+    state = RunState(conversation=[ChatMessage(role="user", content=question)])
     emitter = RunEventEmitter(context, publish, clock)
-    answer = await run_agent(context=context, model=make_model(), toolbox=tools,
-                             emitter=emitter, state=state, limits=engine_limits(max_steps=4))
-    await emitter.confirm()
+    try:
+        answer = await run_agent(context=context, model=model, toolbox=tools,
+                                 emitter=emitter, state=state, limits=engine_limits(max_steps=4))
+    finally:
+        await emitter.confirm()
+    return answer, events, state
 
-    assert answer == "17 * 23 is 391."
+
+def streamed(events: list[AgentEvent]) -> str:
+    return "".join(e.data["delta"] for e in events if e.type == EventType.AGENT_MESSAGE_DELTA)
+
+
+async def test_the_agent_loop_calls_the_calculator_and_sends_back_its_result(
+    fake: FakeOpenAI, make_model: MakeModel
+) -> None:
+    fake.script(reply.tool_call("calculator", '{"expression":', ' "17 * 23"}', call_id="call_calc"),
+                reply.text("17 * 23 ", "is 391."))
+    answer, events, state = await run_the_agent(make_model(), "What is 17 * 23?")
+
+    assert answer == streamed(events) == "17 * 23 is 391."
     [completed] = [e for e in events if e.type == EventType.TOOL_COMPLETED]
     assert completed.data["tool"] == "calculator" and completed.data["result"]["value"] == 391
     assert state.usage.prompt_tokens == 24 and state.usage.completion_tokens == 14
@@ -186,6 +198,68 @@ async def test_the_agent_loop_calls_the_calculator_and_sends_back_its_result(
         "name": "calculator", "arguments": '{"expression": "17 * 23"}'}}]
     assert tool["role"] == "tool" and tool["tool_call_id"] == "call_calc"
     assert json.loads(tool["content"])["result"]["value"] == 391
+
+
+async def test_text_before_and_after_a_tool_call_streams_and_ends_with_a_break(
+    fake: FakeOpenAI, make_model: MakeModel
+) -> None:
+    call = {"index": 0, "id": "call_calc", "type": "function",
+            "function": {"name": "calculator", "arguments": '{"expression": "2+2"}'}}
+    fake.script(reply.stream({"role": "assistant", "content": "Let me "}, {"content": "check."},
+                             {"tool_calls": [call]}, finish_reason="tool_calls"),
+                reply.text("It is ", "4."))
+    answer, events, _ = await run_the_agent(make_model(), "What is 2+2?")
+
+    assert answer == streamed(events) == "Let me check.\n\nIt is 4."
+    # The model hears back its own first words, without the break the user was shown.
+    assistant = fake.received[1].body["messages"][-2]
+    assert assistant["content"] == "Let me check." and assistant["tool_calls"][0]["id"] == "call_calc"
+
+
+CUT_SHORT = [
+    pytest.param({}, id="the connection closed cleanly mid-answer"),
+    pytest.param({"usage": (12, 7)}, id="a usage chunk but no finish_reason"),
+]
+
+
+@pytest.mark.parametrize("ending", CUT_SHORT)
+async def test_a_stream_that_ends_before_it_finished_is_bad_output(
+    fake: FakeOpenAI, make_model: MakeModel, ending: dict
+) -> None:
+    fake.always(reply.stream({"role": "assistant", "content": "Half an "}, {"content": "answer"},
+                             **({"finish_reason": None, "usage": None, "done": False} | ending)))
+    received: list[ModelChunk] = []
+    with pytest.raises(ModelError) as caught:
+        async for chunk in make_model().stream(HELLO):
+            received.append(chunk)
+    assert caught.value.code == "model_bad_output"
+    assert "ended before it finished" in caught.value.message
+    # What streamed was already shown, so it is never asked for again (it would stream twice).
+    assert [c.text for c in received if isinstance(c, TextDelta)] == ["Half an ", "answer"]
+    assert len(fake.received) == 1
+
+
+async def test_an_agent_whose_model_stream_is_cut_short_fails_instead_of_completing(
+    fake: FakeOpenAI, make_model: MakeModel
+) -> None:
+    fake.script(reply.stream({"role": "assistant", "content": "Half an "}, {"content": "answer"},
+                             finish_reason=None, usage=None, done=False))
+    with pytest.raises(ModelError) as caught:
+        await run_the_agent(make_model(), "Hello")
+    assert caught.value.code == "model_bad_output"
+
+
+@pytest.mark.parametrize("ending", [
+    pytest.param({"done": False}, id="no [DONE] line"),
+    pytest.param({"done": False, "usage": None}, id="no [DONE] line and no usage"),
+    pytest.param({"finish_reason": "length"}, id="finished for length"),
+])
+async def test_a_stream_that_says_it_finished_is_whole_without_done(
+    fake: FakeOpenAI, make_model: MakeModel, ending: dict
+) -> None:
+    fake.script(reply.stream({"role": "assistant", "content": "All "}, {"content": "here."}, **ending))
+    chunks = await collect(make_model())
+    assert [c.text for c in chunks if isinstance(c, TextDelta)] == ["All ", "here."]
 
 
 async def test_retries_a_429_honouring_retry_after(fake: FakeOpenAI, make_model: MakeModel) -> None:
