@@ -11,6 +11,7 @@ from loguru import logger
 
 from adapters.event_bus import Envelope, EventBus
 from adapters.follow import Position, ReadStored
+from domain.errors import StorageUnavailable
 from domain.events import AgentEvent
 from domain.ports import EventLog
 
@@ -123,6 +124,9 @@ class AgentWebSocketBridge:
                 continue
             try:
                 await subscriber.catch_up(self._reader(subscriber.user_id, lost_at[subscriber.connection_id]))
+            except StorageUnavailable:
+                logger.warning("could not catch {} up after the bus returned: the database is away",
+                               subscriber.connection_id)
             except Exception:
                 logger.exception("could not catch {} up after the bus returned", subscriber.connection_id)
 

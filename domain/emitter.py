@@ -25,11 +25,12 @@ class RunEventEmitter:
     outstanding, so a run costs its user one storage round trip, not one per event.
 
     Fenced: every event carries the lease epoch its run holds here. Once the log refuses one
-    (LeaseLost: another process took the run over), `on_lease_lost` is told at once and every
-    later emit raises LeaseLost without publishing anything.
+    (LeaseLost: another process took the run over), `on_lease_lost` is told at once. Once any
+    event failed (LeaseLost, or StorageUnavailable in an outage), every later emit raises that
+    failure without publishing anything: an event stored after a lost one would leave a gap.
     """
 
-    __slots__ = ("_clock", "_context", "_epoch", "_in_flight", "_lost", "_publish", "_seq",
+    __slots__ = ("_clock", "_context", "_epoch", "_failed", "_in_flight", "_publish", "_seq",
                  "_terminal_sent", "on_lease_lost")
 
     def __init__(self, context: UserExecutionContext, publish: Publish, clock: Clock, *,
@@ -40,7 +41,7 @@ class RunEventEmitter:
         self._seq = after_seq
         self._epoch = epoch
         self._terminal_sent = False
-        self._lost = False
+        self._failed: BaseException | None = None
         self._in_flight: list[asyncio.Future[AgentEvent]] = []
         self.on_lease_lost: Callable[[], None] | None = None
 
@@ -62,12 +63,12 @@ class RunEventEmitter:
 
     @property
     def lease_lost(self) -> bool:
-        return self._lost
+        return isinstance(self._failed, LeaseLost)
 
     async def emit(self, payload: EventPayload) -> None:
         """Hand the event over; waits only as the class says. Raises if an earlier one failed."""
-        if self._lost:
-            raise LeaseLost(f"run {self._context.run_id} was taken over; {payload.TYPE} not sent")
+        if self._failed is not None:
+            raise self._failed
         if self._terminal_sent:
             raise RuntimeError(f"run {self._context.run_id} already ended; {payload.TYPE} not sent")
         terminal = payload.TERMINAL
@@ -85,16 +86,16 @@ class RunEventEmitter:
             epoch=self._epoch,
         )
         future = asyncio.ensure_future(self._publish(event))
-        future.add_done_callback(self._check_lease)
+        future.add_done_callback(self._note_failure)
         self._in_flight.append(future)
         if terminal or len(self._in_flight) >= MAX_IN_FLIGHT:
             await self.confirm()
 
-    def _check_lease(self, future: asyncio.Future[AgentEvent]) -> None:
-        if self._lost or future.cancelled() or not isinstance(future.exception(), LeaseLost):
+    def _note_failure(self, future: asyncio.Future[AgentEvent]) -> None:
+        if self._failed is not None or future.cancelled() or (failure := future.exception()) is None:
             return
-        self._lost = True
-        if self.on_lease_lost is not None:
+        self._failed = failure
+        if isinstance(failure, LeaseLost) and self.on_lease_lost is not None:
             self.on_lease_lost()
 
     async def confirm(self) -> None:

@@ -13,7 +13,7 @@ from domain.agent import RunState, run_agent
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.entities import RunStatus
-from domain.errors import EngineClosed, ModelError
+from domain.errors import EngineClosed, LeaseLost, ModelError, StorageUnavailable
 from domain.events import AgentCancelled, AgentCompleted, AgentError, AgentStarted
 from domain.limits import EngineLimits
 from domain.llm import ChatMessage, Usage
@@ -121,6 +121,8 @@ class UserExecutionEngine:
             return self._ended(RunStatus.CANCELLED, started, cancel_reason=self._cancel_reason)
         except ModelError as exc:
             return self._ended(RunStatus.FAILED, started, code=exc.code, message=exc.message)
+        except (StorageUnavailable, LeaseLost):
+            raise  # not the agent's failure: the run cannot write its events (see ChatService)
         except Exception:
             log.exception("run %s failed", self._context.run_id)
             return self._ended(RunStatus.FAILED, started, code="internal_error",
@@ -169,6 +171,8 @@ class UserExecutionEngine:
                 await self._emitter.emit(
                     AgentError(code="internal_error", message="The run ended without an answer.")
                 )
+            except (StorageUnavailable, LeaseLost):
+                pass  # the run is ended by whoever holds it once the database answers
             except Exception:
                 log.exception("could not send the terminal event of run %s", self._context.run_id)
         self._closed = True

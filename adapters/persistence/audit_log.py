@@ -10,6 +10,7 @@ from loguru import logger
 from sqlalchemy import insert, select
 
 from adapters.persistence.committer import Transaction
+from adapters.persistence.connection import is_database_outage
 from adapters.persistence.database import Database
 from adapters.persistence.tables import audit_log
 from domain.entities import AuditAction, AuditEntry
@@ -80,5 +81,9 @@ class SqlAlchemyAuditLog:
 
 
 def _report(written: asyncio.Future[None]) -> None:
-    if not written.cancelled() and written.exception() is not None:
-        logger.opt(exception=written.exception()).error("could not write audit entries; they are lost")
+    if written.cancelled() or (exc := written.exception()) is None:
+        return
+    if is_database_outage(exc):  # the committer logs the outage once per batch
+        logger.warning("audit entries lost while the database was away")
+    else:
+        logger.opt(exception=exc).error("could not write audit entries; they are lost")

@@ -145,18 +145,23 @@ class Database:
     async def writing(self) -> AsyncIterator[SqlConnection]:
         """A transaction of its own, committed on exit: for migrations and bulk deletes.
 
-        Everyday writes go through `write`, which shares transactions.
+        Everyday writes go through `write`, which shares transactions. An outage on the way
+        raises StorageUnavailable.
         """
-        if self._sqlite is None:
-            async with self._async.begin() as conn:
-                yield conn
-            return
-        assert self._write_lock is not None
-        async with self._write_lock:
-            with self._sqlite.connect() as sync:
-                sync = sync.execution_options(**{_IMMEDIATE: True})
-                with sync.begin():
-                    yield InlineConnection(sync)
+        try:
+            if self._sqlite is None:
+                async with self._async.begin() as conn:
+                    yield conn
+                return
+            assert self._write_lock is not None
+            async with self._write_lock:
+                with self._sqlite.connect() as sync:
+                    sync = sync.execution_options(**{_IMMEDIATE: True})
+                    with sync.begin():
+                        yield InlineConnection(sync)
+        except Exception as exc:
+            raise_outage_as_domain_error(exc)
+            raise
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[SqlConnection]:

@@ -110,7 +110,7 @@ class SqlAlchemyEventLog:
         self._prune_batch = prune_batch
         self._staged: list[_Event] = []
         self._stored: list[tuple[AgentEvent, asyncio.Future[AgentEvent]]] = []
-        self._refused: list[tuple[AgentEvent, asyncio.Future[AgentEvent]]] = []
+        self._refused: list[tuple[Exception, asyncio.Future[AgentEvent]]] = []
         self._listener: Callable[[list[AgentEvent]], Awaitable[None]] | None = None
         self._pruned_through = 0
         self._open = False
@@ -218,7 +218,7 @@ class SqlAlchemyEventLog:
             staged, self._staged = self._staged, []
             refused = await _fence(conn, [event for event, _, _ in staged])
             if refused:
-                self._refused.extend((event, future) for event, _, future in staged
+                self._refused.extend((refused[event.run_id], future) for event, _, future in staged
                                      if event.run_id in refused)
                 staged = [item for item in staged if item[0].run_id not in refused]
             rows = [row for _, row, _ in staged]
@@ -235,10 +235,9 @@ class SqlAlchemyEventLog:
 
     async def after_commit(self) -> None:
         refused, self._refused = self._refused, []
-        for event, future in refused:
+        for why, future in refused:
             if not future.done():
-                future.set_exception(LeaseLost(f"run {event.run_id} is no longer held at epoch "
-                                               f"{event.epoch}; event {event.seq} refused"))
+                future.set_exception(why)
         if not self._stored:
             return
         stored, self._stored = self._stored, []
@@ -261,23 +260,37 @@ class SqlAlchemyEventLog:
         await conn.execute(insert(events), rows)
 
 
-async def _fence(conn: SqlConnection, staged: list[AgentEvent]) -> set[str]:
-    """The runs whose staged events must be refused: their lease epoch moved on, or they ended.
+async def _fence(conn: SqlConnection, staged: list[AgentEvent]) -> dict[str, Exception]:
+    """The runs whose staged events must be refused, with why.
 
+    LeaseLost: the run's lease epoch moved on (another process took it over), or it ended.
+    StorageUnavailable: the run's first event here is not the next seq stored (an earlier one
+    was lost in an outage): storing it would leave a gap, so the run ends instead.
     Read in the insert's transaction; on PostgreSQL with FOR SHARE, so a takeover (an UPDATE
-    of the run's row) waits for this batch to commit, or this batch for the takeover: an event
-    is stored only while its writer holds the run.
+    of the run's row) waits for this batch to commit, or this batch for the takeover.
     """
-    held = {event.run_id: event.epoch for event in staged if event.epoch is not None}
+    held: dict[str, AgentEvent] = {}
+    for event in staged:
+        if event.epoch is not None:
+            held.setdefault(event.run_id, event)  # its first event in this batch
     if not held:
-        return set()
-    query = select(runs.c.id, runs.c.lease_epoch, runs.c.status).where(runs.c.id.in_(held))
+        return {}
+    last_seq = (select(func.coalesce(func.max(events.c.seq), 0)).where(events.c.run_id == runs.c.id)
+                .scalar_subquery())
+    query = (select(runs.c.id, runs.c.lease_epoch, runs.c.status, last_seq.label("last_seq"))
+             .where(runs.c.id.in_(held)))
     if conn.dialect.name == "postgresql":
-        query = query.with_for_update(read=True)
+        query = query.with_for_update(of=runs, read=True)
     current = {row.id: row for row in await conn.execute(query)}
-    return {run_id for run_id, epoch in held.items()
-            if (row := current.get(run_id)) is None or row.lease_epoch != epoch
-            or RunStatus(row.status).is_final}
+    refused: dict[str, Exception] = {}
+    for run_id, first in held.items():
+        row = current.get(run_id)
+        if row is None or row.lease_epoch != first.epoch or RunStatus(row.status).is_final:
+            refused[run_id] = LeaseLost(f"run {run_id} is no longer held at epoch {first.epoch}")
+        elif first.seq != row.last_seq + 1:
+            refused[run_id] = StorageUnavailable(
+                f"run {run_id}: event {first.seq} follows {row.last_seq}; the ones between were lost")
+    return refused
 
 
 async def _end_runs(conn: SqlConnection, terminal: list[AgentEvent]) -> None:

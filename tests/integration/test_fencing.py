@@ -14,7 +14,7 @@ from adapters.persistence.event_log import SqlAlchemyEventLog
 from adapters.persistence.repositories import SqlAlchemyMessageRepository, SqlAlchemyRunRepository
 from adapters.persistence.tables import events
 from domain.entities import Role, Run, RunStatus
-from domain.errors import LeaseLost
+from domain.errors import LeaseLost, StorageUnavailable
 from domain.events import AgentEvent, EventType
 from tests.integration.test_persistence import T0, add_thread, add_user, at
 
@@ -94,3 +94,12 @@ async def test_a_completed_event_stores_the_answer_and_the_status_with_it(db: Da
     assert cancelled.cursor is not None
     run_2 = await runs.get("usr_a", "run_2")
     assert (run_2.status, run_2.error) == (RunStatus.CANCELLED, "user")
+
+
+async def test_an_event_that_would_leave_a_gap_is_refused(db: Database, log: Any) -> None:
+    event_log, _ = log
+    await event_log.append(event(EventType.AGENT_STARTED, 1, 0, agent="builtin"))
+    with pytest.raises(StorageUnavailable, match="lost"):  # seq 2 was lost in an outage, say
+        await event_log.append(event(EventType.AGENT_THINKING, 3, 0, text="after the gap"))
+    await event_log.append(event(EventType.AGENT_THINKING, 2, 0, text="next"))
+    assert await stored_seqs(db, "run_1") == [1, 2]
