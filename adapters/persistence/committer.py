@@ -81,6 +81,31 @@ class Transaction:
         return await self._conn.run_sync(fn, *args)
 
 
+class _OutageLog:
+    """An outage is a warning a few seconds apart with how many writes it failed, not a line (or a
+    traceback) per write, and one line when the database answers again."""
+
+    INTERVAL_S = 5.0
+
+    def __init__(self) -> None:
+        self._failed = 0
+        self._last_line = 0.0
+
+    def note(self, writes: int, exc: BaseException) -> None:
+        now = asyncio.get_running_loop().time()
+        first = self._failed == 0
+        self._failed += writes
+        if first or now - self._last_line >= self.INTERVAL_S:
+            logger.warning("the database is away ({}): {} writes failed so far", type(exc).__name__,
+                           self._failed)
+            self._last_line = now
+
+    def over(self) -> None:
+        if self._failed:
+            logger.warning("the database answers again; {} writes failed while it was away", self._failed)
+            self._failed = 0
+
+
 class BatchParticipant(Protocol):
     async def before_commit(self, conn: SqlConnection) -> None: ...
 
@@ -103,6 +128,7 @@ class GroupCommitter:
         self._participants: list[BatchParticipant] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._outage = _OutageLog()
         self.batches = 0  # transactions committed
         self.writes = 0  # pieces of work they committed
 
@@ -173,15 +199,15 @@ class GroupCommitter:
                 for item in batch:
                     await self._commit([item])
                 return
-            if len(batch) > 1:
-                logger.warning("the database failed a batch of {} writes ({}); they all fail",
-                               len(batch), type(exc).__name__)
+            if is_database_outage(exc):
+                self._outage.note(len(batch), exc)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
         self.batches += 1
         self.writes += len(batch)
+        self._outage.over()
         for participant in self._participants:
             try:
                 await participant.after_commit()

@@ -71,3 +71,22 @@ async def test_a_lost_connection_is_an_outage_too(error: Exception) -> None:
     db = ScriptedDatabase(error, outage=True)
     results = await run_batch(db, ["a", "b"])
     assert [type(r) for r in results] == [type(error)] * 2 and db.transactions == 1
+
+
+async def test_an_outage_is_a_warning_every_few_seconds_with_its_count_and_one_when_it_ends() -> None:
+    from loguru import logger
+
+    from adapters.persistence.committer import _OutageLog
+
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(message.record["message"]), level="WARNING")
+    try:
+        outage = _OutageLog()
+        for _ in range(50):  # 50 batches failing within one interval: one line
+            outage.note(10, ConnectionRefusedError())
+        outage.over()
+        outage.over()  # nothing failed since: no second line
+    finally:
+        logger.remove(sink)
+    assert lines == ["the database is away (ConnectionRefusedError): 10 writes failed so far",
+                     "the database answers again; 500 writes failed while it was away"]
