@@ -30,6 +30,7 @@ from adapters.security.passwords import Argon2PasswordHasher
 from adapters.security.tokens import JwtTokenService
 from adapters.system import RandomIds, SystemClock
 from container.settings import Settings
+from container.signing_key import jwt_secret
 from domain.auth import AuthService, PasswordPolicy
 from domain.chat import ChatLimits, ChatService
 from domain.conversations import ConversationService
@@ -190,7 +191,7 @@ class Container(containers.DeclarativeContainer):
     )
     token_service = providers.Singleton(
         JwtTokenService,
-        secret=settings.provided.auth.jwt_secret.get_secret_value.call(),
+        secret=providers.Callable(jwt_secret, settings),
         ttl_s=settings.provided.auth.token_ttl_s,
         clock=clock,
     )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Known to everyone, so production refuses it (a token signed with it proves nothing).
-DEV_JWT_SECRET = "goldenpath-development-secret-do-not-use-in-production"  # noqa: S105
+# Printed in earlier releases' code and docs, so a token signed with one proves nothing: refused in
+# every environment. Without a secret of its own, a server generates one (container/signing_key.py).
+PUBLISHED_JWT_SECRETS = frozenset({"goldenpath-development-secret-do-not-use-in-production"})
 
 
 class ServerSettings(BaseModel):
@@ -37,12 +38,21 @@ class DatabaseSettings(BaseModel):
 
 
 class AuthSettings(BaseModel):
-    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_secret: SecretStr | None = Field(None, description="unset: a random one, generated on the "
+                                         "first start and kept beside the database")
     token_ttl_s: int = Field(3600, ge=60)
     argon2_time_cost: int = Field(3, ge=1)
     argon2_memory_kib: int = Field(65536, ge=1024)
     argon2_parallelism: int = Field(4, ge=1)
     min_password_length: int = Field(8, ge=8)
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _not_published(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and secret.get_secret_value() in PUBLISHED_JWT_SECRETS:
+            raise ValueError("this secret was published with goldenpath; unset it (a random one is "
+                             "then generated) or set a random secret of your own")
+        return secret
 
 
 class ModelSettings(BaseModel):
@@ -122,8 +132,9 @@ class Settings(BaseSettings):
 def unsafe_for_production(settings: Settings) -> list[str]:
     """What a production deployment must change, each as an instruction."""
     problems = []
-    secret = settings.auth.jwt_secret.get_secret_value()
-    if secret == DEV_JWT_SECRET or len(secret.encode()) < 32:
+    secret = settings.auth.jwt_secret
+    # A generated secret lives on one host: processes elsewhere would refuse each other's tokens.
+    if secret is None or len(secret.get_secret_value().encode()) < 32:
         problems.append("set GOLDENPATH_AUTH__JWT_SECRET to a random secret of 32 bytes or more "
                         "(python3 -c 'import secrets; print(secrets.token_urlsafe(48))')")
     if settings.database.url.startswith("sqlite"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import ipaddress
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -51,7 +52,21 @@ def serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else settings.server.port
     # What the process serves on is part of its identity (the name it owns runs under).
     settings.server.host, settings.server.port = host, port
+    if settings.env == "development" and not _loopback(host):
+        from loguru import logger
+
+        logger.warning("development settings on {}, reachable from other machines: set "
+                       "GOLDENPATH_ENV=production (and what it asks for) before exposing it", host)
     return asyncio.run(_serve(container, host, port))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 async def _serve(container: Container, host: str, port: int) -> int:
