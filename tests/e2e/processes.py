@@ -169,7 +169,8 @@ class ProcessHarness:
         env.update({f"GOLDENPATH_{name.upper()}": str(value) for name, value in settings.items()})
         return env
 
-    def start(self, env: dict[str, str], *, port: int | None = None) -> ServerProcess:
+    def start(self, env: dict[str, str], *, port: int | None = None,
+              host: str = "127.0.0.1") -> ServerProcess:
         """Spawn `goldenpath serve`; returns at once (use wait_listening / wait_healthy / wait_ready)."""
         name = f"server{len(self.processes) + 1}"
         port = port or free_port()
@@ -177,7 +178,7 @@ class ProcessHarness:
         log_file = log_path.open("wb")
         try:
             # cwd is tmp_path so that no developer's .env file changes the settings under test.
-            popen = subprocess.Popen([str(BIN), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            popen = subprocess.Popen([str(BIN), "serve", "--host", host, "--port", str(port)],
                                      env=env, cwd=self.tmp_path, stdin=subprocess.DEVNULL,
                                      stdout=log_file, stderr=subprocess.STDOUT)
         except BaseException:
