@@ -25,7 +25,9 @@ def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
         "database": {"url": f"sqlite+aiosqlite:///{tmp_path}/goldenpath.db"},
         "auth": {"argon2_time_cost": 1, "argon2_memory_kib": 1024, "argon2_parallelism": 1},
         "model": {"builtin_delay_ms": 0},
-        "server": {"ws_auth_timeout_s": 1.0, "shutdown_grace_s": 2.0},
+        # Port 0: the servers tests start listen on a free port, and each gets an instance id of
+        # its own (the default, HOST:PORT, would be the same for every app in this process).
+        "server": {"port": 0, "ws_auth_timeout_s": 1.0, "shutdown_grace_s": 2.0},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
