@@ -45,15 +45,22 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def cluster(procs: ProcessHarness, tmp_path: Path, **settings: Any) -> AsyncIterator[Cluster]:
+async def cluster(procs: ProcessHarness, tmp_path: Path, database_url: str | None = None,
+                  **settings: Any) -> AsyncIterator[Cluster]:
+    """`database_url`: a database of the test's own (a private cluster); else a fresh one on the
+    shared server. `settings` win over the defaults here (RUNS__LEASE_TTL_S too)."""
     # A missing service fails the run (CI starts them); a skip would hide it.
-    assert await postgres_available(), f"PostgreSQL is not answering on {POSTGRES_HOST}:{POSTGRES_PORT}"
+    if database_url is None:
+        assert await postgres_available(), f"PostgreSQL is not answering on {POSTGRES_HOST}:{POSTGRES_PORT}"
     assert shutil.which("redis-server"), "redis-server is not on the PATH"
-    async with fresh_postgres_database() as name, private_redis(tmp_path) as redis:
-        env = procs.env(f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}",
-                        BUS__BACKEND="redis", BUS__REDIS_URL=redis.url,
-                        BUS__CHANNEL=f"gp-scale-{secrets.token_hex(6)}",
-                        RUNS__LEASE_TTL_S=LEASE_TTL_S, **settings)
+    async with contextlib.AsyncExitStack() as services:
+        if database_url is None:
+            name = await services.enter_async_context(fresh_postgres_database())
+            database_url = f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
+        redis = await services.enter_async_context(private_redis(tmp_path))
+        env = procs.env(database_url, **{"BUS__BACKEND": "redis", "BUS__REDIS_URL": redis.url,
+                                         "BUS__CHANNEL": f"gp-scale-{secrets.token_hex(6)}",
+                                         "RUNS__LEASE_TTL_S": LEASE_TTL_S, **settings})
         try:
             a = await procs.start_ready(env)  # migrates the fresh database; B then finds it done
             b = await procs.start_ready(env)

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -402,6 +404,13 @@ class RedisServer:
             await asyncio.sleep(0.01)
         return code
 
+    async def kill(self, timeout: float = 10) -> int:
+        """SIGKILL, as a crash would, and wait for it to exit."""
+        if self.popen is None:
+            raise RuntimeError("redis was never started")
+        self.popen.kill()
+        return await self.stop(timeout)
+
     def reap(self) -> None:
         if self.popen is not None:
             if self.popen.poll() is None:
@@ -419,3 +428,107 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
         yield redis
     finally:
         redis.reap()
+
+
+# -- a private PostgreSQL cluster ---------------------------------------------------------------
+
+
+def _postgres_bin(tool: str) -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"))
+    if not found:
+        raise AssertionError(f"no PostgreSQL {tool} under /usr/lib/postgresql/*/bin")
+    return found[-1]
+
+
+@dataclass
+class PostgresCluster:
+    """A private PostgreSQL cluster (initdb) on its own port, trust auth: stop it, start it again.
+
+    Never the machine's PostgreSQL: a test that stops this one disturbs nothing else. PostgreSQL
+    refuses to run as root, so when the test runs as root the cluster runs as the `postgres`
+    user, in a directory of its own under the system's temporary directory (pytest's tmp_path
+    is not readable by another user). `remove()` stops it and deletes its directory.
+    """
+
+    port: int = field(default_factory=free_port)
+    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gp-pg-")))
+    starts: int = 0
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "postgres.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
+        command = [str(_postgres_bin(tool)), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        done = subprocess.run(command, cwd=self.directory, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(args)} exited with {done.returncode}:\n"
+                                 f"{done.stdout.decode(errors='replace')[-2000:]}"
+                                 f"{done.stderr.decode(errors='replace')[-2000:]}\n{self.log()[-2000:]}")
+
+    def init(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                  "--no-sync", "--no-instructions")
+
+    async def start(self, timeout: float = 30) -> None:
+        """`pg_ctl start` (on the same port every time) and return once it accepts connections."""
+        self.starts += 1
+        options = (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        await asyncio.to_thread(self._run, "pg_ctl", "-D", str(self.data), "-l", str(self.log_path),
+                                "-o", options, "-w", "-t", str(int(timeout)), "start",
+                                timeout=timeout + 10)
+
+    async def stop(self, mode: str = "fast", timeout: float = 30) -> None:
+        """`pg_ctl stop -m fast` (sessions are ended, the port is free afterwards)."""
+        await asyncio.to_thread(self._run, "pg_ctl", "-D", str(self.data), "-m", mode, "-w",
+                                "-t", str(int(timeout)), "stop", timeout=timeout + 10)
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    async def create_database(self, name: str) -> None:
+        import asyncpg
+
+        admin = await asyncpg.connect(host="127.0.0.1", port=self.port, user="postgres",
+                                      database="postgres", timeout=10)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+
+    def remove(self) -> None:
+        """Stop it however it stands (immediate mode), and delete its directory."""
+        if self.running:
+            with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=30)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def private_postgres(database: str = "goldenpath") -> AsyncIterator[PostgresCluster]:
+    """A started private PostgreSQL cluster with an empty `database`; stopped and deleted afterwards."""
+    cluster = PostgresCluster()
+    try:
+        await asyncio.to_thread(cluster.init)
+        await cluster.start()
+        await cluster.create_database(database)
+        yield cluster
+    finally:
+        await asyncio.to_thread(cluster.remove)
