@@ -10,15 +10,18 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
+from adapters.budget import UserBudget
 from adapters.close_codes import CloseCode
 from adapters.event_bus import Envelope
 from adapters.follow import LiveQueue, Position, ReadStored, follow
 
-REPLAY_PATIENCE_S = 10.0
-
 
 class SocketConnection:
-    """Frames wait in a bounded queue; a client too slow to drain it is closed with 4408.
+    """Frames wait in a queue bounded in frames and bytes; a client too slow to drain it is closed with 4408.
+
+    Too slow is also a writer that has not got a frame out for `stall_s` (aiohttp's send waits
+    while the client's TCP window is full): the close frame gets as long again to go out, then
+    the connection is cut, so an unread socket holds neither the server's buffers nor its queue.
 
     It remembers the last seq it sent of each run and drops anything at or below it, so no
     event reaches it twice whatever path it comes by (live, a resume, a catch-up after the bus
@@ -26,11 +29,18 @@ class SocketConnection:
     """
 
     def __init__(self, ws: web.WebSocketResponse, *, user_id: str, connection_id: str,
-                 max_queue: int) -> None:
+                 max_queue: int, max_queue_bytes: int, stall_s: float, budget: UserBudget,
+                 transport: asyncio.BaseTransport | None) -> None:
         self.ws = ws
         self.user_id = user_id
         self.connection_id = connection_id
+        self.budget = budget
+        self._transport = transport
         self._queue: asyncio.Queue[str | None] = asyncio.Queue(max_queue)
+        self._max_bytes = max_queue_bytes
+        self._queued_bytes = 0
+        self._taken = asyncio.Event()  # the writer took a frame: a waiting replay may find room
+        self._stall_s = stall_s
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._held: LiveQueue | None = None
@@ -58,12 +68,15 @@ class SocketConnection:
         if self._closing:
             self.dropped += 1
             return False
-        try:
-            self._queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            self._too_slow()
+        if self._queued_bytes + len(frame) > self._max_bytes or self._queue.full():
+            self._too_slow(f"fell {self._queue.qsize()} frames ({self._queued_bytes} bytes) behind")
             return False
+        self._put(frame)
         return True
+
+    def _put(self, frame: str) -> None:
+        self._queued_bytes += len(frame)
+        self._queue.put_nowait(frame)
 
     def send_json(self, payload: dict[str, Any]) -> bool:
         return self.send(json.dumps(payload, separators=(",", ":")))
@@ -75,7 +88,7 @@ class SocketConnection:
             return False
         if self._held is not None:
             if not self._held.put(envelope):
-                self._too_slow()
+                self._too_slow(f"held {self._held.limit} live events during a replay")
                 return False
             return True
         if not self._sent.is_new(envelope):
@@ -110,15 +123,20 @@ class SocketConnection:
         """Send the stored events after `since`, then the live ones held meanwhile (`follow` merges them).
 
         It waits for room in the queue instead of dropping; one replay at a time keeps them in order.
+        What it replays is charged to the user's budget.
         """
+        replayed = 0
         try:
             async with self._replaying:
                 events = follow(self._hold(), read, since, caught_up_only=True)
                 async with contextlib.aclosing(events):
                     async for envelope in events:
-                        if envelope is not None and not await self._put_waiting(envelope):
-                            return
+                        if envelope is not None:
+                            replayed += 1
+                            if not await self._put_waiting(envelope):
+                                return
         finally:
+            self.budget.replayed(replayed)
             self._release()
 
     async def catch_up(self, read: ReadStored) -> None:
@@ -126,16 +144,17 @@ class SocketConnection:
         await self.resume(read, self._sent.copy())
 
     async def _put_waiting(self, envelope: Envelope) -> bool:
+        # No room means the writer is behind; a writer that stalls closes the socket, ending this wait.
+        frame = envelope.frame
+        while not self._closing and (self._queue.full() or
+                                     self._queued_bytes + len(frame) > self._max_bytes):
+            self._taken.clear()
+            await self._taken.wait()
         if self._closing:
             return False
-        try:
-            async with asyncio.timeout(REPLAY_PATIENCE_S):
-                await self._queue.put(envelope.frame)
-        except TimeoutError:
-            self._too_slow()
-            return False
+        self._put(frame)
         self._sent.note(envelope)
-        return not self._closing
+        return True
 
     def _release(self) -> None:
         # The client's first frame, or a replay, is still under way: it releases them when done.
@@ -147,11 +166,10 @@ class SocketConnection:
 
     # -- closing ------------------------------------------------------------------------------
 
-    def _too_slow(self) -> None:
+    def _too_slow(self, why: str) -> None:
         self.dropped += 1
         if not self._closing:
-            logger.warning("socket {} fell {} frames behind; closing it with 4408",
-                           self.connection_id, self._queue.maxsize)
+            logger.warning("socket {} {}; closing it with 4408", self.connection_id, why)
             self._begin_close(CloseCode.TOO_SLOW, "too slow: reconnect and resume")
 
     def close_soon(self, code: int, message: str) -> None:
@@ -160,23 +178,46 @@ class SocketConnection:
 
     def _begin_close(self, code: int, message: str) -> None:
         self._closing = True
+        self._taken.set()
         asyncio.get_running_loop().create_task(self._close_now(code, message))
 
     async def _close_now(self, code: int, message: str) -> None:
         if self._writer is not None:
             self._writer.cancel()
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, message=message.encode())
+        self._forget_queued()
+        await self._close_ws(code, message)
+
+    async def _close_ws(self, code: int, message: str) -> None:
+        """The close frame and the client's answer, `stall_s` at most; then the connection is cut."""
+        try:
+            async with asyncio.timeout(self._stall_s):
+                await self.ws.close(code=code, message=message.encode())
+        except TimeoutError:
+            if self._transport is not None:
+                self._transport.abort()
+        except Exception:  # noqa: S110 - the client went away while being closed: nothing to tell it
+            pass
+
+    def _forget_queued(self) -> None:
+        self._queue = asyncio.Queue(self._queue.maxsize)
+        self._queued_bytes = 0
 
     async def _write(self) -> None:
         while True:
             frame = await self._queue.get()
             if frame is None:
                 return
+            self._queued_bytes -= len(frame)
+            self._taken.set()
             try:
-                await self.ws.send_str(frame)
+                async with asyncio.timeout(self._stall_s):
+                    await self.ws.send_str(frame)
+            except TimeoutError:
+                self._too_slow(f"took no frame for {self._stall_s:g} s")
+                return
             except (ConnectionError, RuntimeError):
                 self._closing = True
+                self._taken.set()
                 return
             self.sent += 1
 
@@ -189,9 +230,10 @@ class SocketConnection:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._writer), 2)
         self._closing = True
+        self._taken.set()
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._writer
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=code, message=message.encode())
+        self._forget_queued()
+        await self._close_ws(code, message)

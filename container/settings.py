@@ -24,6 +24,14 @@ class ServerSettings(BaseModel):
     ws_heartbeat_s: float = Field(20.0, gt=0)
     ws_max_frame_bytes: int = Field(64 * 1024, ge=1024)
     ws_send_queue: int = Field(1024, ge=16)
+    ws_send_queue_bytes: int = Field(1024 * 1024, ge=64 * 1024, description="bytes of frames that "
+                                     "may wait for one socket; more and it is closed with 4408")
+    ws_send_stall_s: float = Field(5.0, gt=0, description="a socket whose client has taken no frame "
+                                   "for this long while frames wait is closed with 4408; its close "
+                                   "frame gets as long again, then the connection is cut")
+    ws_kernel_send_buffer_bytes: int = Field(128 * 1024, ge=16 * 1024, description="the socket's "
+                                             "kernel send buffer (SO_SNDBUF): small, so a client "
+                                             "that reads nothing is found out in seconds")
     sse_keepalive_s: float = Field(15.0, gt=0, description="an idle SSE or AG-UI stream sends a "
                                    "comment this often, and checks whether its run ended meanwhile")
     max_body_bytes: int = Field(256 * 1024, ge=1024)
@@ -97,6 +105,14 @@ class SecuritySettings(BaseModel):
     ws_frames_per_s: float = Field(50.0, gt=0, description="frames one socket may send per second "
                                    "after its burst; faster ones are read later, not dropped")
     ws_frame_burst: int = Field(100, ge=1)
+    ws_user_bytes_per_s: int = Field(64 * 1024, ge=1024, description="bytes of frames one user's "
+                                     "sockets together may send per second after the burst, a "
+                                     "frame counted as 1 KiB at least; more are read later")
+    ws_user_bytes_burst: int = Field(1024 * 1024, ge=64 * 1024)
+    ws_replay_events_per_s: float = Field(500.0, gt=0, description="events one user's resumes may "
+                                          "replay per second after the burst; a user past it has "
+                                          "its next frames read later")
+    ws_replay_burst: int = Field(5000, ge=1)
 
 
 class LogSettings(BaseModel):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from datetime import UTC, datetime
 
 from aiohttp import WSMsgType, web
 from loguru import logger
 
 from adapters.bridge import AgentWebSocketBridge
+from adapters.budget import TokenBucket
 from adapters.close_codes import CloseCode
 from adapters.websocket import SocketConnection
 from domain.errors import Unauthorized
@@ -18,29 +18,10 @@ from entrypoints.appkeys import LIFECYCLE, SETTINGS, services
 from entrypoints.frames import FrameError, parse_auth
 from entrypoints.middlewares import request_id_of
 from entrypoints.ws_frames import FrameDispatcher
+from entrypoints.ws_limits import budget_of, disarm, small_send_buffer
 
 # A new socket's live events wait this long at most for a first frame (usually a resume).
 FIRST_FRAME_PATIENCE_S = 0.5
-# Frames one socket may send: a burst of this many, then this many a second. Faster, the server reads
-# the socket more slowly (TCP pushes back on the sender): a flood costs the server next to nothing.
-
-
-class _FrameThrottle:
-    """A token bucket per socket: how long to wait before reading its next frame."""
-
-    def __init__(self, per_s: float, burst: int) -> None:
-        self._per_s = per_s
-        self._burst = float(burst)
-        self._tokens = self._burst
-        self._at = time.monotonic()
-
-    def delay(self) -> float:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._per_s) - 1
-        self._at = now
-        return max(0.0, -self._tokens / self._per_s)
-
-
 async def _token_from_first_frame(ws: web.WebSocketResponse, timeout_s: float) -> str | None:
     try:
         msg = await ws.receive(timeout=timeout_s)
@@ -85,10 +66,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                             "message": f"You have {security.max_sockets_per_user} sockets open; "
                                        "close one (another tab or device) first."})
         await ws.close(code=CloseCode.TRY_AGAIN, message=b"too many sockets for this user")
+        disarm(ws)
         return ws
 
+    small_send_buffer(request, settings.ws_kernel_send_buffer_bytes)
     connection = SocketConnection(ws, user_id=user.id, connection_id=f"conn_{secrets.token_hex(8)}",
-                                  max_queue=settings.ws_send_queue)
+                                  max_queue=settings.ws_send_queue,
+                                  max_queue_bytes=settings.ws_send_queue_bytes,
+                                  stall_s=settings.ws_send_stall_s,
+                                  budget=budget_of(found.bridge, user.id, security),
+                                  transport=request.transport)
     connection.start()
     connection.send_json({"type": "ready", "user_id": user.id,
                           "connection_id": connection.connection_id})
@@ -98,18 +85,21 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     dispatcher = FrameDispatcher(chat=found.chat, conversations=found.conversations,
                                  connection=connection,
                                  request_id=request_id_of(request))
-    throttle = _FrameThrottle(security.ws_frames_per_s, security.ws_frame_burst)
+    # Faster than its frame pace or its user's budget, a socket is read later (TCP pushes back on
+    # the sender): a flood costs the server next to nothing, and costs only its own user.
+    throttle = TokenBucket(security.ws_frames_per_s, security.ws_frame_burst)
     with logger.contextualize(user_id=user.id, connection_id=connection.connection_id):
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
+                    connection.budget.read(len(msg.data))
                     await dispatcher.handle(msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     connection.send_json({"type": "error", "code": "invalid_message",
                                           "message": "Send frames as JSON text, not binary."})
                 connection.first_frame_handled()
                 # Always yields: frames a socket already buffered never hold the event loop in one go.
-                await asyncio.sleep(throttle.delay())
+                await asyncio.sleep(max(throttle.charge(1), connection.budget.wait_s()))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -118,6 +108,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             expiry.cancel()
             found.bridge.unregister(connection)
             await connection.close()
+            disarm(ws)
     return ws
 
 

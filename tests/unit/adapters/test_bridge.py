@@ -12,7 +12,7 @@ from adapters.websocket import SocketConnection
 from domain.events import AgentEvent, EventType
 from tests.fakes import InMemoryEventLog, RecordingSocket
 from tests.helpers import eventually
-from tests.unit.adapters.test_websocket import FakeWebSocket
+from tests.unit.adapters.test_websocket import FakeWebSocket, limits
 
 
 class SwitchableBus:
@@ -129,7 +129,8 @@ async def test_a_subscriber_opened_while_the_bus_is_away_is_caught_up_too() -> N
 async def test_a_socket_is_caught_up_once_without_repeating_what_it_sent() -> None:
     bridge, bus, _ = await started()
     ws = FakeWebSocket()
-    socket = SocketConnection(ws, user_id="usr_a", connection_id="conn_a", max_queue=16)  # type: ignore[arg-type]
+    socket = SocketConnection(ws, user_id="usr_a", connection_id="conn_a",  # type: ignore[arg-type]
+                              **limits(max_queue=16))
     socket.start()
     bridge.register(socket)
     await bridge.publish(event("usr_a", "run_a", 1))

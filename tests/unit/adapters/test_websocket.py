@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
 from adapters.event_bus import Envelope
 from adapters.follow import Position
 from adapters.websocket import SocketConnection
+from container.settings import SecuritySettings, ServerSettings
+from entrypoints.ws_limits import user_budget
 from tests.helpers import eventually
 from tests.unit.adapters.test_follow import envelope
 
@@ -38,10 +41,18 @@ class FakeWebSocket:
         return [(frame["run_id"], frame["seq"]) for frame in self.sent]
 
 
-def connect(max_queue: int = 16) -> tuple[SocketConnection, FakeWebSocket]:
+def limits(**changes: Any) -> dict[str, Any]:
+    """SocketConnection's limits from the settings' defaults, with a test's changes."""
+    server = ServerSettings()
+    return {"max_queue": server.ws_send_queue, "max_queue_bytes": server.ws_send_queue_bytes,
+            "stall_s": server.ws_send_stall_s, "budget": user_budget(SecuritySettings()),
+            "transport": None, **changes}
+
+
+def connect(max_queue: int = 16, **changes: Any) -> tuple[SocketConnection, FakeWebSocket]:
     ws = FakeWebSocket()
     connection = SocketConnection(ws, user_id="usr_a", connection_id="conn_test",  # type: ignore[arg-type]
-                                  max_queue=max_queue)
+                                  **limits(max_queue=max_queue, **changes))
     connection.start()
     return connection, ws
 
@@ -128,3 +139,20 @@ async def test_a_failed_read_releases_the_held_live_events() -> None:
     await eventually(lambda: len(ws.sent) == 2, what=lambda: f"two frames, not {ws.seqs()}")
     assert ws.seqs() == [("run_a", 1), ("run_a", 2)]
     await connection.close()
+
+
+async def test_a_client_that_takes_no_frame_for_the_stall_time_is_closed_with_4408() -> None:
+    connection, ws = connect(stall_s=0.05)
+    ws.pause()
+    assert connection.send('{"type":"pong"}')
+    await eventually(lambda: ws.closed_with, what="the 4408 close")
+    assert ws.closed_with is not None and ws.closed_with[0] == 4408
+
+
+async def test_frames_waiting_past_the_byte_bound_close_the_socket_with_4408() -> None:
+    connection, ws = connect(max_queue=1024, max_queue_bytes=64 * 1024)
+    ws.pause()
+    big = json.dumps({"type": "x", "data": "y" * 20_000})
+    assert [connection.send(big) for _ in range(4)] == [True, True, True, False]
+    await eventually(lambda: ws.closed_with, what="the 4408 close")
+    assert ws.closed_with is not None and ws.closed_with[0] == 4408

@@ -1,0 +1,205 @@
+"""Fair under abuse: normal users' p99 to the terminal event alone and beside hostile sockets, and RSS.
+
+`.venv/bin/python -m bench.fairness [--users 50 --sockets 20 --phase 8]` starts one `goldenpath serve`
+(SQLite, builtin model without pauses, the message rate raised for the normal users, every other
+limit at its default), keeps `--users` users in a closed loop (one socket each, the next message
+when the last run ended) for the whole measurement, and runs bench/hostile.py beside them, one
+kind after the other, then all kinds at once, with a quiet phase between them. Prints markdown.
+tests/e2e/test_fairness.py runs `measure` shorter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from bench.hostile import KINDS
+from bench.load import login_users, one_run, open_sockets, pct, rss_kib, session
+
+HERE = Path(__file__).resolve().parent
+# The server's settings for this measurement (besides bench/servers.py's): the normal users are
+# let through, the hostile ones meet the limits every user has.
+SERVER_ENV = {
+    "GOLDENPATH_SECURITY__WS_FRAMES_PER_S": "50",
+    "GOLDENPATH_LIMITS__MAX_PENDING_RUNS_PER_USER": "16",
+}
+
+
+@dataclass
+class NormalUsers:
+    """Users in a closed loop; each run's (sent, ended) kept, so any window's latency can be read."""
+
+    url: str
+    users: int
+    runs: list[tuple[float, float]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        tokens = await login_users([self.url], self.users, f"normal_{os.getpid()}_{time.monotonic_ns()}_")
+        async with session() as s:
+            sockets = await open_sockets(s, [self.url], tokens)
+            await asyncio.gather(*(self._user(ws) for ws in sockets))
+            for ws in sockets:
+                await ws.close()
+
+    async def _user(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while not self.stop.is_set():
+            sent = time.monotonic()
+            try:
+                _, _, _, ok = await asyncio.wait_for(one_run(ws), 60)
+            except (TimeoutError, RuntimeError, aiohttp.ClientError) as exc:
+                self.failed.append(repr(exc))
+                return
+            if not ok:
+                self.failed.append("a run did not complete")
+            self.runs.append((sent, time.monotonic()))
+
+    def p99(self, start: float, end: float) -> tuple[float, int]:
+        """p99 (s) of the runs sent in [start, end) and ended by end, and how many there were."""
+        took = [e - s for s, e in self.runs if start <= s and e <= end]
+        return pct(took, 99), len(took)
+
+
+class Hostile:
+    """bench/hostile.py as its own process: started, awaited ready, stopped with SIGTERM for its report."""
+
+    def __init__(self, url: str, kind: str, sockets: int) -> None:
+        self.args = [sys.executable, "-m", "bench.hostile", "--url", url, "--kind", kind,
+                     "--sockets", str(sockets)]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+        self.proc = await asyncio.create_subprocess_exec(*self.args, env=env, stdout=asyncio.subprocess.PIPE)
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if not line:
+            raise RuntimeError(f"{self.args} ended before it was ready")
+
+    async def stop(self) -> dict:
+        assert self.proc is not None and self.proc.stdout is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            out = await asyncio.wait_for(self.proc.stdout.read(), 30)
+            await asyncio.wait_for(self.proc.wait(), 30)
+        finally:
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+        return json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
+
+
+async def _rss_during(pid: int, seconds: float) -> float:
+    """The highest RSS (MiB) sampled every 0.2 s for `seconds`."""
+    top, deadline = 0.0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        top = max(top, rss_kib(pid) / 1024)
+        await asyncio.sleep(0.2)
+    return top
+
+
+async def _settled_rss(pid: int, longest: float) -> float:
+    """RSS (MiB) once it stops falling (1 s apart), `longest` s at most."""
+    deadline, last = time.monotonic() + longest, rss_kib(pid) / 1024
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        now = rss_kib(pid) / 1024
+        if now >= last - 0.5:
+            return now
+        last = now
+    return last
+
+
+async def measure(url: str, pid: int, *, users: int, sockets: int, phase_s: float, quiet_s: float,
+                  kinds: tuple[str, ...] = (*KINDS, "all")) -> dict:
+    """Normal users alone, then beside each kind of hostile socket (and all at once); a row per phase."""
+    normal = NormalUsers(url, users)
+    load = asyncio.create_task(normal.run())
+    try:
+        while len(normal.runs) < users * 2:  # warm: every socket open, the first burst served
+            if load.done():
+                await load
+                raise RuntimeError("the normal users stopped before they warmed up")
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(quiet_s)
+        rss_before = await _settled_rss(pid, quiet_s)
+        start = time.monotonic()
+        await asyncio.sleep(phase_s)
+        alone, n = normal.p99(start, time.monotonic())
+        rows = [{"phase": "alone", "p99_s": alone, "runs": n, "rss_during": rss_kib(pid) / 1024}]
+        for kind in kinds:
+            hostiles = [Hostile(url, each, sockets) for each in (KINDS if kind == "all" else (kind,))]
+            await asyncio.gather(*(h.start() for h in hostiles))
+            start = time.monotonic()
+            rss_during = await _rss_during(pid, phase_s)
+            p99, n = normal.p99(start, time.monotonic())
+            seen = await asyncio.gather(*(h.stop() for h in hostiles))
+            rss_after = await _settled_rss(pid, quiet_s)
+            print(f"{kind}: p99 {p99:.3f} s vs {alone:.3f} s alone, "
+                  f"RSS {rss_during:.0f} -> {rss_after:.0f} MiB", file=sys.stderr, flush=True)
+            rows.append({"phase": kind, "p99_s": p99, "runs": n, "ratio": p99 / alone,
+                         "rss_during": rss_during, "rss_after": rss_after, "hostile": seen})
+        return {"users": users, "sockets": sockets, "phase_s": phase_s, "rss_before": rss_before,
+                "rows": rows, "failed": normal.failed[:3]}
+    finally:
+        normal.stop.set()
+        await asyncio.wait_for(load, 120)
+
+
+def markdown(result: dict) -> str:
+    lines = [f"{result['users']} normal users in a closed loop, {result['sockets']} hostile sockets of each "
+             f"kind, {result['phase_s']:.0f} s per phase; RSS before: {result['rss_before']:.1f} MiB.", "",
+             "| beside | runs | p99 to terminal | ratio to alone | RSS during (max) | RSS after "
+             "| hostile side |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in result["rows"]:
+        seen = "; ".join(_seen(s) for s in row.get("hostile", ()))
+        ratio = f"{row['ratio']:.2f}x" if "ratio" in row else ""
+        after = f"{row['rss_after']:.1f} MiB" if "rss_after" in row else ""
+        lines.append(f"| {row['phase']} | {row['runs']} | {row['p99_s'] * 1000:.0f} ms | {ratio} | "
+                     f"{row['rss_during']:.1f} MiB | {after} | {seen} |")
+    return "\n".join(lines)
+
+
+def _seen(s: dict) -> str:
+    closed = s.get("closed_after_s") or []
+    text = f"{s['kind']}: {s['frames']} frames sent, closes {s['closes']}"
+    if closed:
+        text += f", {len(closed)} cut off after {min(closed)} to {max(closed)} s"
+    return text
+
+
+def main() -> None:
+    from bench.servers import golden
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--sockets", type=int, default=20)
+    parser.add_argument("--phase", type=float, default=8.0)
+    parser.add_argument("--quiet", type=float, default=5.0)
+    parser.add_argument("--kinds", default=",".join((*KINDS, "all")))
+    parser.add_argument("--delay-ms", default="0", help="the builtin model's pause between pieces")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="goldenpath-fairness-"))
+    extra = {**SERVER_ENV, "GOLDENPATH_MODEL__BUILTIN_DELAY_MS": args.delay_ms}
+    with golden(tmp, extra) as server:
+        result = asyncio.run(measure(server.url, server.pid, users=args.users, sockets=args.sockets,
+                                     phase_s=args.phase, quiet_s=args.quiet,
+                                     kinds=tuple(args.kinds.split(","))))
+    print(markdown(result))
+    print(json.dumps(result), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

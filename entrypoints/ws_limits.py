@@ -1,0 +1,50 @@
+"""What one user's sockets may cost this process: the shared budget, and no closed socket kept alive."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+from aiohttp import web
+
+from adapters.bridge import AgentWebSocketBridge
+from adapters.budget import UserBudget
+from adapters.websocket import SocketConnection
+from container.settings import SecuritySettings
+
+
+def user_budget(security: SecuritySettings) -> UserBudget:
+    return UserBudget(bytes_per_s=security.ws_user_bytes_per_s, bytes_burst=security.ws_user_bytes_burst,
+                      replay_per_s=security.ws_replay_events_per_s, replay_burst=security.ws_replay_burst)
+
+
+def budget_of(bridge: AgentWebSocketBridge, user_id: str, security: SecuritySettings) -> UserBudget:
+    """The user's budget, shared by all its sockets on this process (it lives while one is open)."""
+    for connection in bridge.connections_of(user_id):
+        if isinstance(connection, SocketConnection):
+            return connection.budget
+    return user_budget(security)
+
+
+def disarm(ws: web.WebSocketResponse) -> None:
+    """Drop aiohttp's heartbeat timer of a closed socket.
+
+    The client's answer to our close frame re-arms it, and the timer holds the socket's objects
+    for one heartbeat interval: a client refused one socket after another in a loop grew the
+    server by ~12 KiB per attempt for that long (docs/performance.md, "Fair under abuse").
+    """
+    with contextlib.suppress(AttributeError):
+        ws._cancel_heartbeat()  # aiohttp offers no public way
+
+
+def small_send_buffer(request: web.Request, size: int) -> None:
+    """A fixed, small kernel send buffer instead of one autotuned up to megabytes.
+
+    Until the kernel's buffers are full, a client that reads nothing looks like one that does;
+    with autotuning that took minutes at a chat's pace, and a socket that is never closed holds
+    what the server queued for it.
+    """
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)

@@ -1,0 +1,43 @@
+"""Fair under abuse: normal users keep their latency beside hostile sockets, and memory comes back.
+
+A real server process (SQLite, the builtin model without pauses), normal users in a closed loop in
+this process, and each kind of hostile socket from bench/hostile.py in a process of its own, one
+kind after the other and then all at once (bench/fairness.py `measure`, shorter than the bench).
+The issue's target is p99 beside them at most 1.5x of alone; on a busy two-core machine the
+server, the normal users and the hostile process share the cores, so this asserts a looser bound
+and docs/performance.md ("Fair under abuse") has the measured figures and the command.
+"""
+
+from __future__ import annotations
+
+from bench.fairness import SERVER_ENV, measure
+from tests.e2e.processes import (
+    ProcessHarness,
+    procs_fixture,  # noqa: F401
+)
+
+USERS, SOCKETS, PHASE_S, QUIET_S = 30, 20, 3.0, 1.5
+# Measured 1.3x to 7.9x on this machine (docs/performance.md): the 1.5x target is not met yet, so
+# this bound only catches a return to the unbounded costs (a flood that stalls everyone for good).
+P99_BOUND = 15.0
+RSS_MARGIN = 0.4  # measured +30% after the fix (114 -> 150 MiB across all phases), +63% before
+STALL_S = 1.0  # the server's WS_SEND_STALL_S here
+
+
+async def test_hostile_sockets_cost_their_own_users_not_the_others(procs: ProcessHarness) -> None:
+    env = procs.env(**{key.removeprefix("GOLDENPATH_"): value for key, value in SERVER_ENV.items()},
+                    MODEL__BUILTIN_DELAY_MS=0, SECURITY__MESSAGES_PER_MINUTE=1_000_000,
+                    SERVER__WS_SEND_STALL_S=STALL_S, LOG__LEVEL="WARNING")
+    server = await procs.start_ready(env)
+    result = await measure(server.base_url, server.pid, users=USERS, sockets=SOCKETS, phase_s=PHASE_S,
+                           quiet_s=QUIET_S)
+
+    assert not result["failed"], result["failed"]
+    rows = {row["phase"]: row for row in result["rows"]}
+    for kind, row in rows.items():
+        assert row["runs"] > 0, f"no normal run ended beside {kind}: {row}"
+        if kind != "alone":
+            assert row["ratio"] <= P99_BOUND, f"beside {kind}: {row}"
+            assert row["rss_after"] <= result["rss_before"] * (1 + RSS_MARGIN), f"after {kind}: {row}"
+    # Not asserted yet: never-reading sockets cut within a phase (the kernel's buffers take longer
+    # than a short phase to fill at a chat's pace; docs/performance.md, "Fair under abuse").
