@@ -92,7 +92,8 @@ class RunEventEmitter:
             await self.confirm()
 
     def _note_failure(self, future: asyncio.Future[AgentEvent]) -> None:
-        if self._failed is not None or future.cancelled() or (failure := future.exception()) is None:
+        # exception() is read for every failed event, so none is reported as never retrieved.
+        if future.cancelled() or (failure := future.exception()) is None or self._failed is not None:
             return
         self._failed = failure
         if isinstance(failure, LeaseLost) and self.on_lease_lost is not None:

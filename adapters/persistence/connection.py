@@ -22,6 +22,8 @@ _OUTAGE_SQLSTATE_CLASSES = ("08", "53", "57", "58")
 
 def is_database_outage(exc: BaseException) -> bool:
     """The database itself failed (unreachable, gone, restarting, timed out), not a statement's data."""
+    if isinstance(exc, StorageUnavailable):  # already translated (Database.writing, reading)
+        return True
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
             return True

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from domain.context import UserExecutionContext
-from domain.errors import ToolError
+from domain.errors import StorageUnavailable, ToolError
 from domain.llm import ToolSpec
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,10 @@ class ToolBox:
         except TimeoutError:
             message = f"{name} took longer than {self._timeout_s:g} s and was stopped"
             return ToolResult(arguments=arguments, error=message, duration_ms=elapsed())
+        except StorageUnavailable:
+            log.warning("tool %s could not reach the database", name)
+            return ToolResult(arguments=arguments, error=f"{name} could not reach its storage just now; "
+                              "try again in a moment", duration_ms=elapsed())
         except Exception:
             log.exception("tool %s failed", name)
             return ToolResult(arguments=arguments, error=f"{name} failed unexpectedly",
