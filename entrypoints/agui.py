@@ -30,8 +30,8 @@ from domain.errors import NotFound
 from entrypoints.agui_translate import AguiTranslator
 from entrypoints.appkeys import SETTINGS, USER, Services, services
 from entrypoints.errors import ApiError
-from entrypoints.fields import MAX_ID_CHARS
 from entrypoints.http.bodies import read_body
+from entrypoints.http.schemas import AguiInput
 from entrypoints.middlewares import request_id_of
 from entrypoints.run_stream import RunEventStream
 
@@ -49,13 +49,6 @@ def _user_text(body: RunAgentInput) -> str:
     if not texts:
         raise ApiError("validation_error", "The last user message has no text part; send its text.")
     return "\n".join(texts)
-
-
-def _check_ids(body: RunAgentInput) -> None:
-    if not body.run_id.strip() or len(body.run_id) > MAX_ID_CHARS:
-        raise ApiError("validation_error", f"'runId' must be 1 to {MAX_ID_CHARS} characters.")
-    if len(body.thread_id) > MAX_ID_CHARS:
-        raise ApiError("validation_error", f"'threadId' must be at most {MAX_ID_CHARS} characters.")
 
 
 async def _submit(found: Services, request: web.Request, body: RunAgentInput, text: str) -> Submission:
@@ -122,8 +115,7 @@ class _Pump:
 
 
 async def agui_run(request: web.Request) -> web.StreamResponse:
-    body = await read_body(request, RunAgentInput, invalid_code="validation_error")
-    _check_ids(body)
+    body = await read_body(request, AguiInput, invalid_code="validation_error")
     text = _user_text(body)
     found = services(request.app)
     user_id = request[USER].id

@@ -18,8 +18,9 @@ from container.lifecycle import start_resources
 from entrypoints.agui import agui_run
 from entrypoints.appkeys import CONTAINER, LIFECYCLE, SETTINGS, Lifecycle, Services
 from entrypoints.http.handlers import routes
+from entrypoints.http.parser_errors import log_parser_errors_in_one_line
 from entrypoints.metrics import install_metrics
-from entrypoints.middlewares import authentication, errors, request_ids, security_headers
+from entrypoints.middlewares import authentication, edge, errors, request_ids, security_headers
 from entrypoints.openapi import openapi
 from entrypoints.sse import run_events
 from entrypoints.ws import close_revoked_sockets, websocket
@@ -106,7 +107,7 @@ async def _drain(app: web.Application) -> None:
 def create_app(container: Container) -> web.Application:
     settings = container.settings()
     app = web.Application(
-        middlewares=[request_ids, errors, authentication],
+        middlewares=[request_ids, errors, edge, authentication],
         client_max_size=settings.server.max_body_bytes,
     )
     app[CONTAINER] = container
@@ -121,6 +122,7 @@ def create_app(container: Container) -> web.Application:
     app.router.add_static("/static", STATIC)
     app.cleanup_ctx.append(_lifecycle)
     app.on_response_prepare.append(security_headers)  # CSP and friends on every response
+    log_parser_errors_in_one_line()
     install_metrics(app)  # GET /metrics (no auth: internal scraping) and the event-loop lag probe
     app.on_shutdown.append(_drain)
     return app

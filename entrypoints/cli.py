@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
 import ipaddress
+import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -76,6 +79,9 @@ async def _serve(container: Container, host: str, port: int) -> int:
 
     from entrypoints.app import create_app, wait_ready
 
+    if (refused := await _cannot_listen(host, port)) is not None:
+        print(f"error: {refused}", file=sys.stderr)
+        return 1
     app = create_app(container)
     grace = container.settings().server.shutdown_grace_s
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=grace + 5)
@@ -102,6 +108,23 @@ async def _serve(container: Container, host: str, port: int) -> int:
         await runner.cleanup()
     logger.info("goldenpath stopped")
     return exit_code
+
+
+async def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the address cannot be listened on, found before anything boots (a boot cut short by a
+    failed listen ends in tracebacks); None when it can."""
+    try:
+        probe = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return (f"port {port} on {host} is in use; stop what uses it, or pick another port with "
+                    "--port or GOLDENPATH_SERVER__PORT")
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else os.strerror(exc.errno or 0)
+        return (f"cannot listen on {host}:{port} ({reason}); pick another address with --host and --port "
+                "or GOLDENPATH_SERVER__HOST and GOLDENPATH_SERVER__PORT")
+    probe.close()
+    await probe.wait_closed()
+    return None
 
 
 def users_add(args: argparse.Namespace) -> int:

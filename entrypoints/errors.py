@@ -26,7 +26,7 @@ STATUS_BY_CODE = {
 
 
 class ApiError(Exception):
-    """An error raised by a handler itself (the domain raises DomainError)."""
+    """An error the entrypoints find (the edge policy, a handler); the domain raises DomainError."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

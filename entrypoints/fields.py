@@ -6,11 +6,20 @@ from typing import Annotated
 
 from pydantic import Field, StrictStr
 
+from container.settings import LimitsSettings
+
 MAX_ID_CHARS = 128
+# At least one character that is not white space (JSON Schema patterns match anywhere in the string).
+NOT_BLANK = r"\S"
 
 # Ids are opaque: any string a client was given or chose (a client_message_id), bounded so a key
 # of the database or of a log line stays small.
 Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
 
-# Its length limit is a setting (limits.max_message_chars), so the domain checks it: message_too_large.
-MessageText = Annotated[StrictStr, Field(description="At most limits.max_message_chars characters.")]
+# Blank and too long (limits.max_message_chars) are the domain's to refuse, with its own codes and words
+# (invalid_message, message_too_large): the schema only shows the rules, with the setting's default.
+MessageText = Annotated[StrictStr, Field(
+    description="Not blank; at most limits.max_message_chars characters.",
+    json_schema_extra={"minLength": 1, "maxLength": LimitsSettings.model_fields["max_message_chars"].default,
+                       "pattern": NOT_BLANK},
+)]

@@ -21,6 +21,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from domain.lanes import Multitask
+from entrypoints.edge import check_text, load_json, plain
+from entrypoints.errors import ApiError
 from entrypoints.fields import MAX_ID_CHARS, Id, MessageText
 from entrypoints.http.bodies import describe
 
@@ -120,11 +122,12 @@ _FAST = TypeAdapter(Annotated[ClientFrame, Field(discriminator="type")])
 
 def parse(raw: str) -> ClientFrame:
     """One frame of an authenticated socket; FrameError names the protocol's code for what is wrong."""
-    try:
-        return _FAST.validate_json(raw)
-    except ValidationError:
-        # Read again the careful way: to say exactly why, or to take what only json.loads takes.
-        return _parse(raw, _AFTER_AUTH)
+    if plain(raw):  # nothing in it the edge policy could refuse: pydantic's parser may read it alone
+        try:
+            return _FAST.validate_json(raw)
+        except ValidationError:
+            pass  # read again the careful way: to say exactly why, or to take what only json.loads takes
+    return _parse(raw, _AFTER_AUTH)
 
 
 def parse_auth(raw: str) -> AuthFrame:
@@ -134,11 +137,11 @@ def parse_auth(raw: str) -> AuthFrame:
 
 def _parse(raw: str, models: dict[str, type[Model]]) -> Model:
     try:
-        # The standard library's parser is the reference: it takes a little more than pydantic's
-        # (lone surrogates, deeper nesting), and the fuzz test's oracle is written against it.
-        frame = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
-        raise FrameError("invalid_json", "That frame is not valid JSON.") from None
+        # The standard library's parser under the edge policy is the reference, as for HTTP bodies.
+        frame = load_json(raw, "That frame")
+    except ApiError as exc:
+        echo = client_message_id_of(raw) if exc.code == "invalid_message" else None
+        raise FrameError(exc.code, exc.message, echo) from None
     if not isinstance(frame, dict):
         raise FrameError("invalid_message", "A frame must be a JSON object with a 'type'.")
     kind, echo = frame.get("type"), _echo(frame.get("client_message_id"))
@@ -152,6 +155,20 @@ def _parse(raw: str, models: dict[str, type[Model]]) -> Model:
         return model.model_validate(frame)
     except ValidationError as exc:
         raise FrameError("invalid_message", f"Not a valid {kind} frame: {describe(exc)}", echo) from None
+
+
+def client_message_id_of(raw: str) -> str | None:
+    """The client_message_id of a frame refused for its text or failed, when it is one to echo:
+    the client knows which of its messages the error is about."""
+    try:
+        frame = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    echo = _echo(frame.get("client_message_id")) if isinstance(frame, dict) else None
+    try:
+        return None if echo is None else check_text(echo, "client_message_id")
+    except ApiError:
+        return None
 
 
 def _one_of(names: Iterable[str]) -> str:

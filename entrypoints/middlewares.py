@@ -1,5 +1,5 @@
-"""Middlewares: request ids and client addresses, errors to the protocol's JSON, bearer
-authentication; and the security headers every response carries."""
+"""Middlewares: request ids and client addresses, errors to the protocol's JSON, the edge policy for
+the address and headers, bearer authentication; and the security headers every response carries."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from loguru import logger
 
 from domain.errors import DomainError, RateLimited, StorageUnavailable, Unauthorized
 from entrypoints.appkeys import LIFECYCLE, REQUEST_ID, SETTINGS, USER, services
+from entrypoints.edge import READ_HEADERS, check_text, check_texts
 from entrypoints.errors import ApiError, error_response, from_domain
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
@@ -149,15 +150,30 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             405: f"{request.method} is not allowed here.",
             413: "The request body is too large.",
         }.get(exc.status, exc.reason)
-        return error_response(code, message)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # a 405 keeps it
+        return error_response(code, message, headers=allow)
     except Exception:
         logger.exception("unhandled error in {} {}", request.method, request.path)
         return error_response("internal_error", "Something went wrong on the server; it was logged.")
 
 
 @web.middleware
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Path parameters, query parameters and the headers handlers read pass the edge policy
+    (bodies and frames pass it where they are parsed)."""
+    check_texts(request.match_info.items(), "path parameter")
+    check_texts(request.query.items(), "query parameter")
+    for name in READ_HEADERS:
+        if (value := request.headers.get(name)) is not None:
+            check_text(value, f"header '{name}'")
+    return await handler(request)
+
+
+@web.middleware
 async def authentication(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/api/") or request.path in PUBLIC_API:
+    # No route, or not this method: 404 or 405 (with Allow) whether or not the caller has a token.
+    no_route = request.match_info.http_exception is not None
+    if no_route or not request.path.startswith("/api/") or request.path in PUBLIC_API:
         return await handler(request)
     if not request.app[LIFECYCLE].ready:
         return error_response("server_not_ready", "The server is starting or stopping; retry shortly.")

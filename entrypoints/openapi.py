@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Literal
 
-from ag_ui.core import RunAgentInput
 from aiohttp import web
 from pydantic import BaseModel, Field, TypeAdapter, create_model
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
@@ -24,6 +23,7 @@ from entrypoints.errors import STATUS_BY_CODE
 from entrypoints.http.schemas import (
     ID_PATTERN,
     AguiEventMessage,
+    AguiInput,
     ChatAccepted,
     ChatMessageBody,
     ChatResult,
@@ -158,7 +158,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("post", "/api/agui", "aguiRun", "Run the agent for an AG-UI client", "agui",
               {200: Reply("The run as AG-UI events (the schema is that of each event).", AguiEventMessage,
                           EVENT_STREAM)},
-              (400, 401, 409, 413, 422, 429, 503), body=RunAgentInput,
+              (400, 401, 409, 413, 422, 429, 503), body=AguiInput,
               description="The body is an AG-UI `RunAgentInput` (camelCase); see docs/ag-ui.md."),
     Operation("get", "/health", "health", "Liveness", "operations",
               {200: Reply("The process answers.", Health)}, public=True),

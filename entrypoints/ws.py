@@ -15,13 +15,28 @@ from adapters.close_codes import CloseCode
 from adapters.websocket import SocketConnection
 from domain.errors import Unauthorized
 from entrypoints.appkeys import LIFECYCLE, SETTINGS, services
-from entrypoints.frames import FrameError, parse_auth
+from entrypoints.frames import FrameError, client_message_id_of, parse_auth
 from entrypoints.middlewares import request_id_of
 from entrypoints.ws_frames import FrameDispatcher
 from entrypoints.ws_limits import budget_of, disarm, small_send_buffer
 
 # A new socket's live events wait this long at most for a first frame (usually a resume).
 FIRST_FRAME_PATIENCE_S = 0.5
+
+
+async def _handle_frame(dispatcher: FrameDispatcher, connection: SocketConnection, raw: str) -> None:
+    """One frame: whatever goes wrong is answered with an error frame; the socket reads on."""
+    try:
+        await dispatcher.handle(raw)
+    except Exception:
+        logger.exception("a frame of socket {} failed", connection.connection_id)
+        frame = {"type": "error", "code": "internal_error",
+                 "message": "Something went wrong on the server handling that frame; it was logged."}
+        if (client_message_id := client_message_id_of(raw)) is not None:
+            frame["client_message_id"] = client_message_id
+        connection.send_json(frame)
+
+
 async def _token_from_first_frame(ws: web.WebSocketResponse, timeout_s: float) -> str | None:
     try:
         msg = await ws.receive(timeout=timeout_s)
@@ -93,7 +108,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
                     connection.budget.read(len(msg.data))
-                    await dispatcher.handle(msg.data)
+                    await _handle_frame(dispatcher, connection, msg.data)
                 elif msg.type is WSMsgType.BINARY:
                     connection.send_json({"type": "error", "code": "invalid_message",
                                           "message": "Send frames as JSON text, not binary."})

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from entrypoints.edge import load_json
 from entrypoints.errors import ApiError
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
 async def read_body(request: web.Request, model: type[Model], *, invalid_code: str) -> Model:
-    """Parse the body as JSON, then as `model`; bad JSON is invalid_json, a bad shape `invalid_code`."""
-    raw = await request.read()
-    try:
-        payload = json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError("invalid_json", "The request body is not valid JSON.") from None
+    """Parse the body as JSON under the edge policy, then as `model`: bad JSON is invalid_json, bad
+    text invalid_message (entrypoints/edge.py), a bad shape `invalid_code`."""
+    payload = load_json(await request.read() or b"{}", "The request body")
     if not isinstance(payload, dict):
         raise ApiError(invalid_code, "The request body must be a JSON object.")
     try:

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, Literal
 
 from ag_ui.core import Event as AguiEvent
+from ag_ui.core import RunAgentInput
 from pydantic import BaseModel, ConfigDict, Field, Json, StrictBool, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
-from domain.auth import USERNAME_PATTERN
+from container.settings import AuthSettings
+from domain.auth import USERNAME_PATTERN, PasswordPolicy
 from domain.entities import Role, RunStatus
 from domain.events import EventType
 from domain.lanes import Multitask
-from entrypoints.fields import MAX_ID_CHARS, Id, MessageText
+from entrypoints.fields import MAX_ID_CHARS, NOT_BLANK, Id, MessageText
 
 # The ids this server gives out, as the OpenAPI document shows its path parameters.
 ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.:\-]{{0,{MAX_ID_CHARS - 1}}}$"
+
+
+# The domain's password rules (domain/auth.py), with the settings' default minimum; the domain enforces
+# them (422), the schema shows them. "Three distinct characters" is the negation of "at most two".
+NEW_PASSWORD_RULES: dict[str, Any] = {
+    "minLength": AuthSettings.model_fields["min_password_length"].default,
+    "maxLength": next(each.default for each in fields(PasswordPolicy) if each.name == "max_length"),
+    "not": {"pattern": r"^([\s\S])\1*(?:([\s\S])(?:\1|\2)*)?$"},
+}
+_NEW_PASSWORD = (f"{NEW_PASSWORD_RULES['minLength']} to {NEW_PASSWORD_RULES['maxLength']} characters, "
+                 "at least 3 distinct, not the username.")
 
 
 def _no_default(schema: dict[str, Any]) -> None:
@@ -44,10 +58,7 @@ class Registration(Credentials):
         pattern=USERNAME_PATTERN,
         description="3 to 32 letters, digits, '.', '_' or '-', starting with a letter or digit.",
     )
-    password: StrictStr = Field(
-        min_length=8, max_length=256,
-        description="8 to 256 characters, not too easy to guess (not the username, 3 distinct characters).",
-    )
+    password: StrictStr = Field(description=_NEW_PASSWORD, json_schema_extra=NEW_PASSWORD_RULES)
 
 
 class ChatMessageBody(BaseModel):
@@ -60,11 +71,21 @@ class ChatMessageBody(BaseModel):
     wait: StrictBool = False
 
 
+class AguiInput(RunAgentInput):
+    """An AG-UI RunAgentInput, with the ids this server takes: runId is the run's client_message_id."""
+
+    thread_id: str = Field(max_length=MAX_ID_CHARS, description="Empty, unknown or another user's: a new "
+                           "thread.")
+    run_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=NOT_BLANK,
+                        description="A retried request with the same runId gets the same run.")
+
+
 class PasswordChangeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     current_password: StrictStr = Field(max_length=1024)
-    new_password: StrictStr = Field(max_length=1024, description="The same rules as at registration.")
+    new_password: StrictStr = Field(max_length=1024, description=_NEW_PASSWORD,
+                                    json_schema_extra=NEW_PASSWORD_RULES)
 
 
 # -- responses ----------------------------------------------------------------------------------------

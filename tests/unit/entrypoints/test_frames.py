@@ -51,10 +51,17 @@ def test_a_cursor_resumes_everything_so_run_id_and_after_seq_are_not_read() -> N
     assert frame == ResumeFrame(type="resume", cursor="00042")
 
 
-def test_what_only_the_standard_library_parser_takes_is_taken_too() -> None:
-    # pydantic's parser refuses lone surrogates and deep nesting; json.loads, the reference, does not.
-    assert parse('{"type": "chat", "message": "\\ud800"}').message == "\ud800"
-    assert parse('{"type": "ping", "x": ' + "[" * 300 + "]" * 300 + "}") == PingFrame(type="ping")
+def test_the_edge_policy_holds_for_frames_whichever_parser_reads_them() -> None:
+    # pydantic's parser reads plain frames alone; what it would refuse or miss goes the careful way.
+    nul = refused('{"type": "chat", "message": "a\\u0000b", "client_message_id": "cm_1"}')
+    assert (nul.code, nul.client_message_id) == ("invalid_message", "cm_1")
+    assert "'message'" in nul.message
+    assert refused('{"type": "chat", "message": "\\ud800"}').code == "invalid_message"
+    assert refused('{"type": "ping", "x": {"\\udfff": 1}}').code == "invalid_message"
+    assert refused('{"type": "cancel", "client_message_id": "a\\u0000"}').client_message_id is None
+    assert refused('{"type": "ping", "x": ' + "[" * 32 + "]" * 32 + "}").code == "invalid_json"
+    assert parse('{"type": "ping", "x": ' + "[" * 31 + "]" * 31 + "}") == PingFrame(type="ping")
+    assert parse('{"type": "chat", "message": "\\ud83d\\ude00 \\u200f"}').message == "\U0001f600 \u200f"
     assert parse('{"type": "ping", "x": NaN}') == PingFrame(type="ping")
     # A repeated key: the last one counts, as json.loads has it.
     assert "'message'" in refused('{"type": "ping", "type": "chat"}').message
