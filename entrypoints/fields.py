@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, StrictStr
 
@@ -18,8 +18,10 @@ Id = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
 
 # Blank and too long (limits.max_message_chars) are the domain's to refuse, with its own codes and words
 # (invalid_message, message_too_large): the schema only shows the rules, with the setting's default.
-MessageText = Annotated[StrictStr, Field(
-    description="Not blank; at most limits.max_message_chars characters.",
-    json_schema_extra={"minLength": 1, "maxLength": LimitsSettings.model_fields["max_message_chars"].default,
-                       "pattern": NOT_BLANK},
-)]
+def message_rules() -> dict[str, Any]:
+    return {"minLength": 1, "maxLength": LimitsSettings.model_fields["max_message_chars"].default,
+            "pattern": NOT_BLANK}
+
+
+MessageText = Annotated[StrictStr, Field(description="Not blank; at most limits.max_message_chars "
+                                                     "characters.", json_schema_extra=message_rules())]

@@ -59,7 +59,10 @@ Every `/api/` path but register, login and this document needs `Authorization: B
 (from login). Another user's thread or run answers 404, never 403.
 
 Errors are `{"error": {"code", "message"}}`, the code naming the status (each response lists its codes).
-A 500 is a bug. Every GET also answers HEAD.
+A 500 is a bug. Every GET also answers HEAD; a method a path does not take answers 405 with `Allow`.
+
+All text, in bodies, paths, queries and headers, is valid Unicode without NUL characters or lone
+surrogates (400 `invalid_message`); a JSON body nests at most 32 levels deep (400 `invalid_json`).
 
 Not described here, as OpenAPI cannot: `GET /ws`, the WebSocket (the same bearer token, on the handshake
 or in a first `{"type": "auth", "token"}` frame; frames in docs/protocol.md), `GET /` (the web chat UI)
@@ -235,6 +238,19 @@ def _operation(op: Operation, refs: dict[type[BaseModel], dict[str, Any]],
     return document
 
 
+def _discriminators_required(node: Any) -> None:
+    """A tagged union's tag is required: pydantic leaves it out of `required` when each member has it as
+    a default (AG-UI's `role` and `type`), yet it cannot tell the members apart without it (422)."""
+    if isinstance(node, dict):
+        if isinstance(tag := node.get("discriminator", {}).get("propertyName"), str):
+            node.update(type="object", required=sorted({*node.get("required", []), tag}))
+        for value in node.values():
+            _discriminators_required(value)
+    elif isinstance(node, list):
+        for value in node:
+            _discriminators_required(value)
+
+
 def _package_version() -> str:
     try:
         return version("goldenpath")
@@ -257,6 +273,7 @@ def openapi_document() -> dict[str, Any]:
     refs = {model: by_key[(model, mode)] for model, mode in unique}
     schemas = definitions.get("$defs", {})
     describe_events(schemas, REF)
+    _discriminators_required(schemas)
     paths: dict[str, dict[str, Any]] = {}
     for op in OPERATIONS:
         paths.setdefault(op.path, {})[op.method] = _operation(op, refs, errors)

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from dataclasses import fields
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from ag_ui.core import (
+    ActivityMessage,
+    AssistantMessage,
+    ContentPart,
+    DeveloperMessage,
+    ReasoningMessage,
+    RunAgentInput,
+    SystemMessage,
+    ToolMessage,
+    UserMessage,
+)
 from ag_ui.core import Event as AguiEvent
-from ag_ui.core import RunAgentInput
 from pydantic import BaseModel, ConfigDict, Field, Json, StrictBool, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
@@ -16,7 +26,7 @@ from domain.auth import USERNAME_PATTERN, PasswordPolicy
 from domain.entities import Role, RunStatus
 from domain.events import EventType
 from domain.lanes import Multitask
-from entrypoints.fields import MAX_ID_CHARS, NOT_BLANK, Id, MessageText
+from entrypoints.fields import MAX_ID_CHARS, NOT_BLANK, Id, MessageText, message_rules
 
 # The ids this server gives out, as the OpenAPI document shows its path parameters.
 ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.:\-]{{0,{MAX_ID_CHARS - 1}}}$"
@@ -71,8 +81,37 @@ class ChatMessageBody(BaseModel):
     wait: StrictBool = False
 
 
+def _user_content(schema: dict[str, Any]) -> None:
+    """The text a run is given: a message's rules for plain text, a text part not blank for parts."""
+    for branch in schema["anyOf"]:
+        if branch["type"] == "string":
+            branch.update(message_rules())
+        else:
+            branch["contains"] = {"type": "object", "required": ["type", "text"], "properties": {
+                "type": {"const": "text"}, "text": {"type": "string", "pattern": NOT_BLANK}}}
+
+
+class AguiUserMessage(UserMessage):
+    """A user message with text to run: the schema shows it; the handler and the domain refuse the rest."""
+
+    content: str | list[ContentPart] = Field(json_schema_extra=_user_content)
+
+
+def _messages(schema: dict[str, Any]) -> None:
+    """One of the messages is the user's."""
+    schema["contains"] = {"type": "object", "required": ["role"], "properties": {"role": {"const": "user"}}}
+
+
+AguiMessage = Annotated[DeveloperMessage | SystemMessage | AssistantMessage | AguiUserMessage | ToolMessage
+                        | ActivityMessage | ReasoningMessage, Field(discriminator="role")]
+
+
 class AguiInput(RunAgentInput):
-    """An AG-UI RunAgentInput, with the ids this server takes: runId is the run's client_message_id."""
+    """An AG-UI RunAgentInput as this server runs it: runId is the run's client_message_id, and the last
+    user message's text is the message (the schema asks every user message for text: simpler, and the
+    last one then has some)."""
+
+    messages: list[AguiMessage] = Field(json_schema_extra=_messages)
 
     thread_id: str = Field(max_length=MAX_ID_CHARS, description="Empty, unknown or another user's: a new "
                            "thread.")

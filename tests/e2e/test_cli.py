@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,14 @@ async def test_migrate_users_serve_and_audit(tmp_path: Path, procs: ProcessHarne
     assert actions == ["user.registered", "engine.created", "run.started", "run.ended",
                        "engine.cleaned_up"]
     assert "outcome=completed" in trail[3]
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_non_zero(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        served = run_cli(cli_env(tmp_path), "serve", "--host", "127.0.0.1", "--port", str(port))
+    assert served.returncode == 1
+    assert served.stderr.splitlines() == [
+        f"error: port {port} on 127.0.0.1 is in use; stop what uses it, or pick another port with --port "
+        "or GOLDENPATH_SERVER__PORT"], served.stderr
+    assert not (tmp_path / "cli.db").exists()  # it stopped before booting anything

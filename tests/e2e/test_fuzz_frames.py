@@ -19,7 +19,8 @@ Invariants, checked after every action (a barrier frame shows the server has han
   that is not UTF-8 (RFC 6455 section 8.1); never 1011, never 4401 on an authenticated socket;
 - each frame gets at most one answer (ack, error, pong or resync), and it is one the protocol
   allows for that input (a small oracle below: `expect_frame`); acks name the right run and thread;
-- every error frame has a code from the protocol's list and a non-empty message;
+- every error frame has a code from the protocol's list and a non-empty message; a frame with a NUL
+  or a lone surrogate anywhere is invalid_message, one nested deeper than 32 levels invalid_json;
 - nothing of B reaches A: no frame on A's socket carries B's secret, a run or thread id of B's, or
   a run or thread that A did not start; the `ready` frame names A;
 - no HTTP call answers 5xx; the server logs no error (an unhandled exception is logged as one).
@@ -58,6 +59,7 @@ SECRET = f"Quokka{secrets.token_hex(5)}"
 FRAME_LIMIT = 64 * 1024  # server.ws_max_frame_bytes (the default, set below)
 FRAME_LIMIT_FUZZ = 512  # bytes either side of the limit where 1009 or an answer are both right
 MAX_MESSAGE_CHARS = 8000  # limits.max_message_chars (the default)
+MAX_JSON_DEPTH = 32  # the edge policy (docs/protocol.md): deeper frames are invalid_json
 MAX_ID = 128
 ERROR_CODES = {"invalid_json", "invalid_message", "unknown_type", "message_too_large", "not_found",
                "thread_busy", "limit_exceeded", "rate_limited", "server_not_ready"}
@@ -282,8 +284,31 @@ def _id_state(frame: dict[str, Any], name: str) -> str:
     return "ok"
 
 
+def _depth(value: Any) -> int:
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    return 0 if children is None else 1 + max(map(_depth, children), default=0)
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [*value, *(text for item in value.values() for text in _texts(item))]
+    return [text for item in value for text in _texts(item)] if isinstance(value, list) else []
+
+
+def _broken(text: str) -> bool:
+    """Text the edge policy refuses: a NUL or a lone surrogate."""
+    return "\x00" in text or any(0xD800 <= ord(char) <= 0xDFFF for char in text)
+
+
 def expect_frame(frame: Any, world: World) -> set[str]:
     """The answers the protocol allows for one parsed frame (what A can know from its side)."""
+    broken = {"invalid_message"} if any(map(_broken, _texts(frame))) else set()  # names of fields too
+    if _depth(frame) > MAX_JSON_DEPTH:
+        return {"invalid_json"} | broken  # whichever the server finds first
+    if broken:
+        return broken
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
         return {"invalid_message"}
     kind = frame["type"]
@@ -831,3 +856,7 @@ def test_the_oracle_itself() -> None:
     assert expect_frame({"type": "resume", "run_id": "run_a", "after_seq": -1}, world) == {"invalid_message"}
     assert expect_frame({"type": "resume", "cursor": "abc"}, world) == {"invalid_message"}
     assert expect_frame({"type": "resume"}, world) == {"invalid_message"}
+    assert expect_frame({"type": "chat", "message": "a\x00"}, world) == {"invalid_message"}
+    assert expect_frame({"type": "ping", "x": {"\ud800": 1}}, world) == {"invalid_message"}
+    assert expect_frame({"type": "ping", "x": [[[]]] * 2}, world) == {"pong"}
+    assert expect_frame(json.loads("[" * 33 + "]" * 33), world) == {"invalid_json"}
