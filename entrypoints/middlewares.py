@@ -17,7 +17,7 @@ from loguru import logger
 from domain.errors import DomainError, RateLimited, StorageUnavailable, Unauthorized
 from entrypoints.appkeys import LIFECYCLE, REQUEST_ID, SETTINGS, USER, services
 from entrypoints.edge import READ_HEADERS, check_text, check_texts
-from entrypoints.errors import ApiError, error_response, from_domain
+from entrypoints.errors import OUTAGE_ANSWERS, ApiError, error_response, from_domain
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 PUBLIC_API = frozenset({"/api/auth/register", "/api/auth/login", "/api/openapi.json"})
@@ -132,7 +132,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except StorageUnavailable as exc:
-        logger.warning("database outage answered 503: {}", type(exc.__cause__).__name__)
+        OUTAGE_ANSWERS.note(exc)
         return error_response(exc.code, exc.message, headers={"Retry-After": "1"})
     except DomainError as exc:
         response = from_domain(exc)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from loguru import logger
-
 from adapters.bridge import envelope_of
 from adapters.event_bus import Envelope
 from adapters.follow import Position
@@ -14,6 +12,7 @@ from adapters.websocket import SocketConnection
 from domain.chat import ChatService
 from domain.conversations import ConversationService
 from domain.errors import CursorExpired, DomainError, StorageUnavailable
+from entrypoints.errors import OUTAGE_ANSWERS
 from entrypoints.frames import CancelFrame, ChatFrame, ClientFrame, FrameError, PingFrame, ResumeFrame, parse
 
 
@@ -43,7 +42,7 @@ class FrameDispatcher:
             await self._answer(frame)
         except StorageUnavailable as exc:
             # The socket stays: a chat sent again with its client_message_id is not run twice.
-            logger.warning("database outage answered server_not_ready: {}", type(exc.__cause__).__name__)
+            OUTAGE_ANSWERS.note(exc)
             self._error(exc.code, exc.message, frame.client_message_id)
         except DomainError as exc:
             self._error(exc.code, exc.message, frame.client_message_id)
