@@ -77,6 +77,27 @@ class LiveQueue:
 ReadStored = Callable[[Position], Awaitable[Iterable[Envelope]]]
 """The stored events after a position, in order (one run's after its seq, or the user's after the cursor)."""
 
+# A replay reads the log this many events at a time: a resume from far back neither holds the
+# event loop for one long read (SQLite runs on it) nor holds a whole history in memory at once.
+REPLAY_PAGE = 200
+
+
+def paged(read: Callable[[Position, int], Awaitable[list[Envelope]]]) -> ReadStored:
+    """A reader that reads one page after the position; `follow` reads again while pages come full."""
+
+    async def read_page(position: Position) -> PagedRead:
+        return PagedRead(await read(position, REPLAY_PAGE))
+
+    return read_page
+
+
+class PagedRead(list[Envelope]):
+    """One page of a paged read: full means there may be more after it."""
+
+    @property
+    def full(self) -> bool:
+        return len(self) >= REPLAY_PAGE
+
 
 async def follow(live: LiveQueue, read: ReadStored, position: Position, *, run_id: str | None = None,
                  idle_s: float | None = None, caught_up_only: bool = False,
@@ -101,6 +122,9 @@ async def follow(live: LiveQueue, read: ReadStored, position: Position, *, run_i
             yield envelope
             if run_id is not None and envelope.terminal:
                 return
+        if isinstance(pending, PagedRead) and pending.full:
+            pending = await read(position)  # the next page, before anything live
+            continue
         if first_read and ended is not None and await ended():
             return
         first_read = False

@@ -13,7 +13,7 @@ from loguru import logger
 from adapters.budget import UserBudget
 from adapters.close_codes import CloseCode
 from adapters.event_bus import Envelope
-from adapters.follow import LiveQueue, Position, ReadStored, follow
+from adapters.follow import REPLAY_PAGE, LiveQueue, Position, ReadStored, follow
 
 
 class SocketConnection:
@@ -135,6 +135,11 @@ class SocketConnection:
                             replayed += 1
                             if not await self._put_waiting(envelope):
                                 return
+                        if replayed == REPLAY_PAGE:
+                            # Charged as it goes: a user in debt waits between pages, not the others.
+                            self.budget.replayed(replayed)
+                            replayed = 0
+                            await asyncio.sleep(self.budget.wait_s())
         finally:
             self.budget.replayed(replayed)
             self._release()

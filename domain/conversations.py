@@ -38,13 +38,15 @@ class ConversationService:
             raise NotFound("There is no such run.")
         return run
 
-    async def run_events(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]:
+    async def run_events(self, user_id: str, run_id: str, after_seq: int = 0,
+                         limit: int | None = None) -> list[AgentEvent]:
         await self.run(user_id, run_id)
-        return await self._events.read_run(user_id, run_id, after_seq)
+        return await self._events.read_run(user_id, run_id, after_seq, limit)
 
-    async def events_after_cursor(self, user_id: str, cursor: str) -> list[AgentEvent]:
-        """Every event of the user after the cursor; CursorExpired if some were pruned."""
-        return await self._events.read_user(user_id, cursor)
+    async def events_after_cursor(self, user_id: str, cursor: str, limit: int | None = None
+                                  ) -> list[AgentEvent]:
+        """The user's events after the cursor (the first `limit`); CursorExpired if some were pruned."""
+        return await self._events.read_user(user_id, cursor, limit)
 
     async def delete_thread(self, user_id: str, thread_id: str, *, busy: bool) -> None:
         if await self._threads.get(user_id, thread_id) is None:

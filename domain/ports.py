@@ -55,10 +55,15 @@ class EventLog(Protocol):
         """`listener` gets the stored events, in order, before their submitters hear of them."""
         ...
 
-    async def read_run(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]: ...
+    async def read_run(self, user_id: str, run_id: str, after_seq: int = 0,
+                       limit: int | None = None) -> list[AgentEvent]:
+        """The run's events after `after_seq`, in seq order; the first `limit` of them if given."""
+        ...
 
-    async def read_user(self, user_id: str, after_cursor: str | None) -> list[AgentEvent]:
-        """Events after the cursor, in cursor order; CursorExpired if later ones were pruned."""
+    async def read_user(self, user_id: str, after_cursor: str | None,
+                        limit: int | None = None) -> list[AgentEvent]:
+        """Events after the cursor, in cursor order (the first `limit` if given); CursorExpired
+        if later ones were pruned."""
         ...
 
     async def last_seq(self, run_id: str) -> int: ...

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from adapters.bridge import envelope_of
 from adapters.event_bus import Envelope
-from adapters.follow import Position
+from adapters.follow import Position, paged
 from adapters.websocket import SocketConnection
 from domain.chat import ChatService
 from domain.conversations import ConversationService
@@ -76,15 +75,17 @@ class FrameDispatcher:
         cursor, run_id = frame.cursor, frame.run_id
         if cursor is not None:
 
-            async def after_cursor(_: Position) -> Iterable[Envelope]:
-                return map(envelope_of, await self._conversations.events_after_cursor(user_id, cursor))
+            async def after_cursor(position: Position, limit: int) -> list[Envelope]:
+                stored = await self._conversations.events_after_cursor(user_id, position.cursor or cursor,
+                                                                       limit)
+                return [envelope_of(event) for event in stored]
             try:
-                await self._connection.resume(after_cursor, Position(cursor=cursor))
+                await self._connection.resume(paged(after_cursor), Position(cursor=cursor))
             except CursorExpired:
                 self._connection.send_json({"type": "resync", "reason": "cursor_expired"})
             return
-        after_seq = frame.after_seq
 
-        async def of_run(_: Position) -> Iterable[Envelope]:
-            return map(envelope_of, await self._conversations.run_events(user_id, run_id, after_seq))
-        await self._connection.resume(of_run, Position({run_id: after_seq}))
+        async def of_run(position: Position, limit: int) -> list[Envelope]:
+            stored = await self._conversations.run_events(user_id, run_id, position.seq(run_id), limit)
+            return [envelope_of(event) for event in stored]
+        await self._connection.resume(paged(of_run), Position({run_id: frame.after_seq}))

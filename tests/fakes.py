@@ -251,13 +251,15 @@ class InMemoryEventLog:
             await self._listener([stored])
         return stored
 
-    async def read_run(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]:
+    async def read_run(self, user_id: str, run_id: str, after_seq: int = 0,
+                       limit: int | None = None) -> list[AgentEvent]:
         return [e for e in self.events
-                if e.user_id == user_id and e.run_id == run_id and e.seq > after_seq]
+                if e.user_id == user_id and e.run_id == run_id and e.seq > after_seq][:limit]
 
-    async def read_user(self, user_id: str, after_cursor: str | None) -> list[AgentEvent]:
+    async def read_user(self, user_id: str, after_cursor: str | None,
+                        limit: int | None = None) -> list[AgentEvent]:
         return [e for e in self.events
-                if e.user_id == user_id and (after_cursor is None or (e.cursor or "") > after_cursor)]
+                if e.user_id == user_id and (after_cursor is None or (e.cursor or "") > after_cursor)][:limit]
 
     async def last_seq(self, run_id: str) -> int:
         return max((e.seq for e in self.events if e.run_id == run_id), default=0)

@@ -158,19 +158,21 @@ class SqlAlchemyEventLog:
         """Returns once every event appended before the call is stored (or failed to be)."""
         await self._committer.flush()
 
-    async def read_run(self, user_id: str, run_id: str, after_seq: int = 0) -> list[AgentEvent]:
+    async def read_run(self, user_id: str, run_id: str, after_seq: int = 0,
+                       limit: int | None = None) -> list[AgentEvent]:
         query = (select(events)
                  .where(events.c.user_id == user_id, events.c.run_id == run_id,
                         events.c.seq > after_seq)
-                 .order_by(events.c.seq))
+                 .order_by(events.c.seq).limit(limit))
         async with self._db.reading() as conn:
             return [_event(row) for row in await conn.execute(query)]
 
-    async def read_user(self, user_id: str, after_cursor: str | None) -> list[AgentEvent]:
+    async def read_user(self, user_id: str, after_cursor: str | None,
+                        limit: int | None = None) -> list[AgentEvent]:
         after = 0 if after_cursor is None else decode_cursor(after_cursor)
         query = (select(events)
                  .where(events.c.user_id == user_id, events.c.id > after)
-                 .order_by(events.c.id))
+                 .order_by(events.c.id).limit(limit))
         async with self._db.reading() as conn:
             found = [_event(row) for row in await conn.execute(query)]
             if after_cursor is None:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from adapters.event_bus import Envelope
-from adapters.follow import LiveQueue, Position, follow
+from adapters.follow import REPLAY_PAGE, LiveQueue, Position, follow, paged
 
 
 def envelope(run_id: str, seq: int, cursor: int, *, terminal: bool = False) -> Envelope:
@@ -129,3 +129,21 @@ async def test_a_run_follow_skips_other_runs_of_the_user() -> None:
     live.put(envelope("run_a", 1, 2, terminal=True))
     assert [(e.run_id, e.seq) async for e in follow(live, log.read, Position(), run_id="run_a") if e] \
         == [("run_a", 1)]
+
+
+async def test_a_paged_replay_reads_page_after_page_before_anything_live() -> None:
+    total = REPLAY_PAGE * 2 + 3
+    log = StoredLog(*(envelope("run_a", seq, seq) for seq in range(1, total + 1)))
+    pages: list[int] = []
+
+    async def read_page(at: Position, limit: int) -> list[Envelope]:
+        page = (await log.read(at))[:limit]
+        pages.append(len(page))
+        return page
+
+    live = LiveQueue(16)
+    live.put(envelope("run_a", total + 1, total + 1))  # live meanwhile: after the whole history
+    events = follow(live, paged(read_page), Position(cursor=None), caught_up_only=True)
+    seqs = [item.seq async for item in events if item is not None]
+    assert seqs == list(range(1, total + 2))  # every page, then the live one, each once
+    assert pages == [REPLAY_PAGE, REPLAY_PAGE, 3]  # never one read of the whole history
