@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +31,8 @@ class SocketConnection:
 
     def __init__(self, ws: web.WebSocketResponse, *, user_id: str, connection_id: str,
                  max_queue: int, max_queue_bytes: int, stall_s: float, budget: UserBudget,
-                 transport: asyncio.BaseTransport | None) -> None:
+                 transport: asyncio.BaseTransport | None,
+                 fill_gap: Callable[[str], ReadStored] | None = None) -> None:
         self.ws = ws
         self.user_id = user_id
         self.connection_id = connection_id
@@ -46,6 +48,9 @@ class SocketConnection:
         self._held: LiveQueue | None = None
         self._first_frame_pending = False
         self._replaying = asyncio.Lock()
+        # A run's stored events after a position: fills a gap in its live events (see deliver).
+        self._fill_gap = fill_gap
+        self._filling: set[asyncio.Task[None]] = set()
         self._sent = Position()
         self.sent = 0
         self.dropped = 0
@@ -92,6 +97,16 @@ class SocketConnection:
                 return False
             return True
         if not self._sent.is_new(envelope):
+            return True
+        last = self._sent.seq(envelope.run_id)
+        if last and envelope.seq > last + 1 and self._fill_gap is not None:
+            # The events between were stored but never published (their publisher died in between,
+            # or the bus dropped them): read them from the log first, holding this one meanwhile.
+            self._hold().put(envelope)
+            task = asyncio.get_running_loop().create_task(
+                self.resume(self._fill_gap(envelope.run_id), self._sent.copy()))
+            self._filling.add(task)
+            task.add_done_callback(self._filling.discard)
             return True
         if not self.send(envelope.frame):
             return False

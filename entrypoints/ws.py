@@ -17,7 +17,7 @@ from domain.errors import Unauthorized
 from entrypoints.appkeys import LIFECYCLE, SETTINGS, services
 from entrypoints.frames import FrameError, client_message_id_of, parse_auth
 from entrypoints.middlewares import request_id_of
-from entrypoints.ws_frames import FrameDispatcher
+from entrypoints.ws_frames import FrameDispatcher, run_reader
 from entrypoints.ws_limits import budget_of, disarm, small_send_buffer
 
 # A new socket's live events wait this long at most for a first frame (usually a resume).
@@ -90,7 +90,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                                   max_queue_bytes=settings.ws_send_queue_bytes,
                                   stall_s=settings.ws_send_stall_s,
                                   budget=budget_of(found.bridge, user.id, security),
-                                  transport=request.transport)
+                                  transport=request.transport,
+                                  fill_gap=run_reader(found.conversations, user.id))
     connection.start()
     connection.send_json({"type": "ready", "user_id": user.id,
                           "connection_id": connection.connection_id})

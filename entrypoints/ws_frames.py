@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from adapters.bridge import envelope_of
 from adapters.event_bus import Envelope
-from adapters.follow import Position, paged
+from adapters.follow import Position, ReadStored, paged
 from adapters.websocket import SocketConnection
 from domain.chat import ChatService
 from domain.conversations import ConversationService
 from domain.errors import CursorExpired, DomainError, StorageUnavailable
 from entrypoints.errors import OUTAGE_ANSWERS
 from entrypoints.frames import CancelFrame, ChatFrame, ClientFrame, FrameError, PingFrame, ResumeFrame, parse
+
+
+def run_reader(conversations: ConversationService, user_id: str) -> Callable[[str], ReadStored]:
+    """A run's stored events after a position, a page at a time: for a resume by run, and for a
+    socket that must fill a gap in a run's live events from the log."""
+
+    def reader(run_id: str) -> ReadStored:
+        async def of_run(position: Position, limit: int) -> list[Envelope]:
+            stored = await conversations.run_events(user_id, run_id, position.seq(run_id), limit)
+            return [envelope_of(event) for event in stored]
+
+        return paged(of_run)
+
+    return reader
 
 
 class FrameDispatcher:
@@ -85,7 +100,5 @@ class FrameDispatcher:
                 self._connection.send_json({"type": "resync", "reason": "cursor_expired"})
             return
 
-        async def of_run(position: Position, limit: int) -> list[Envelope]:
-            stored = await self._conversations.run_events(user_id, run_id, position.seq(run_id), limit)
-            return [envelope_of(event) for event in stored]
-        await self._connection.resume(paged(of_run), Position({run_id: frame.after_seq}))
+        await self._connection.resume(run_reader(self._conversations, user_id)(run_id),
+                                      Position({run_id: frame.after_seq}))

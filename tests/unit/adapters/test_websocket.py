@@ -156,3 +156,22 @@ async def test_frames_waiting_past_the_byte_bound_close_the_socket_with_4408() -
     assert [connection.send(big) for _ in range(4)] == [True, True, True, False]
     await eventually(lambda: ws.closed_with, what="the 4408 close")
     assert ws.closed_with is not None and ws.closed_with[0] == 4408
+
+
+async def test_a_gap_in_a_runs_live_events_is_filled_from_the_log_in_order() -> None:
+    log = [envelope("run_a", seq, seq) for seq in range(1, 6)]  # all stored; seq 4 never published
+
+    def fill_gap(run_id: str):
+        async def read(at: Position) -> list[Envelope]:
+            return [e for e in log if e.run_id == run_id and e.seq > at.seq(run_id)]
+        return read
+
+    connection, ws = connect(fill_gap=fill_gap)
+    for seq in (1, 2, 3, 5, 6):  # 4 is missing live (its publisher died between store and publish)
+        if seq == 6:
+            log.append(envelope("run_a", 6, 6))
+        connection.deliver(log[seq - 1])
+    connection.deliver(envelope("run_b", 2, 7))  # a run this socket joined late: no gap to fill
+    await eventually(lambda: len(ws.sent) == 7, what=lambda: f"seven frames, not {ws.seqs()}")
+    assert ws.seqs() == [("run_a", 1), ("run_a", 2), ("run_a", 3), ("run_a", 4), ("run_a", 5),
+                         ("run_a", 6), ("run_b", 2)]
