@@ -52,6 +52,7 @@ class SocketConnection:
         self._fill_gap = fill_gap
         self._filling: set[asyncio.Task[None]] = set()
         self._sent = Position()
+        self._before_first_frame: Position | None = None
         self.sent = 0
         self.dropped = 0
 
@@ -104,7 +105,7 @@ class SocketConnection:
             # or the bus dropped them): read them from the log first, holding this one meanwhile.
             self._hold().put(envelope)
             task = asyncio.get_running_loop().create_task(
-                self.resume(self._fill_gap(envelope.run_id), self._sent.copy()))
+                self.resume(self._fill_gap(envelope.run_id), self._sent.copy(), skip=self._sent))
             self._filling.add(task)
             task.add_done_callback(self._filling.discard)
             return True
@@ -129,16 +130,30 @@ class SocketConnection:
         self._first_frame_pending = True
         asyncio.get_running_loop().call_later(patience_s, self.first_frame_handled)
 
+    def client_frame(self) -> None:
+        """A frame of the client arrived: the first one marks what was sent before it."""
+        if self._before_first_frame is None:
+            self._before_first_frame = self._sent.copy()
+
+    @property
+    def sent_before_first_frame(self) -> Position:
+        """What went out live before the client's first frame (its patience ran out first).
+
+        A resume by cursor, usually that first frame, leaves these out: the client has them."""
+        return self._before_first_frame or Position()
+
     def first_frame_handled(self) -> None:
         if self._first_frame_pending:
             self._first_frame_pending = False
             self._release()
 
-    async def resume(self, read: ReadStored, since: Position) -> None:
+    async def resume(self, read: ReadStored, since: Position, *, skip: Position | None = None) -> None:
         """Send the stored events after `since`, then the live ones held meanwhile (`follow` merges them).
 
         It waits for room in the queue instead of dropping; one replay at a time keeps them in order.
-        What it replays is charged to the user's budget.
+        What it replays is charged to the user's budget. `skip`: leave out what that position has
+        (what this socket sent, for a catch-up or a gap filled; what it sent before the client's
+        first frame, for a resume by cursor). Otherwise a client gets what it asks for.
         """
         replayed = 0
         try:
@@ -146,7 +161,7 @@ class SocketConnection:
                 events = follow(self._hold(), read, since, caught_up_only=True)
                 async with contextlib.aclosing(events):
                     async for envelope in events:
-                        if envelope is not None:
+                        if envelope is not None and (skip is None or skip.is_new(envelope)):
                             replayed += 1
                             if not await self._put_waiting(envelope):
                                 return
@@ -161,7 +176,7 @@ class SocketConnection:
 
     async def catch_up(self, read: ReadStored) -> None:
         """After the bus was away: only the stored events this socket has not sent."""
-        await self.resume(read, self._sent.copy())
+        await self.resume(read, self._sent.copy(), skip=self._sent)
 
     async def _put_waiting(self, envelope: Envelope) -> bool:
         # No room means the writer is behind; a writer that stalls closes the socket, ending this wait.

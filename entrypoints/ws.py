@@ -107,6 +107,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     with logger.contextualize(user_id=user.id, connection_id=connection.connection_id):
         try:
             async for msg in ws:
+                connection.client_frame()
                 if msg.type is WSMsgType.TEXT:
                     connection.budget.read(len(msg.data))
                     await _handle_frame(dispatcher, connection, msg.data)

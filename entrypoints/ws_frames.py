@@ -95,7 +95,8 @@ class FrameDispatcher:
                                                                        limit)
                 return [envelope_of(event) for event in stored]
             try:
-                await self._connection.resume(paged(after_cursor), Position(cursor=cursor))
+                await self._connection.resume(paged(after_cursor), Position(cursor=cursor),
+                                              skip=self._connection.sent_before_first_frame)
             except CursorExpired:
                 self._connection.send_json({"type": "resync", "reason": "cursor_expired"})
             return

@@ -175,3 +175,19 @@ async def test_a_gap_in_a_runs_live_events_is_filled_from_the_log_in_order() -> 
     await eventually(lambda: len(ws.sent) == 7, what=lambda: f"seven frames, not {ws.seqs()}")
     assert ws.seqs() == [("run_a", 1), ("run_a", 2), ("run_a", 3), ("run_a", 4), ("run_a", 5),
                          ("run_a", 6), ("run_b", 2)]
+
+
+async def test_a_resume_by_cursor_leaves_out_what_the_socket_sent_before_it_came() -> None:
+    connection, ws = connect()
+    for seq in (1, 2):  # sent live: the client's first frame came after its patience ran out
+        connection.deliver(envelope("run_a", seq, seq))
+    stored = [envelope("run_a", seq, seq) for seq in (1, 2, 3)]
+
+    async def read(_: Position) -> list[Envelope]:
+        return stored
+
+    connection.client_frame()  # the client's first frame, after those two went out
+    await connection.resume(read, Position(cursor=None), skip=connection.sent_before_first_frame)
+    await eventually(lambda: len(ws.sent) == 3, what=lambda: f"three frames, not {ws.seqs()}")
+    assert ws.seqs() == [("run_a", 1), ("run_a", 2), ("run_a", 3)]  # each once
+    await connection.close()
