@@ -58,10 +58,6 @@ class RunEventEmitter:
         return self._terminal_sent
 
     @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    @property
     def lease_lost(self) -> bool:
         return isinstance(self._failed, LeaseLost)
 

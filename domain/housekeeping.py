@@ -56,26 +56,27 @@ class Housekeeper:
         self._retention = retention
         self._last_prune = None
 
-    def _until(self) -> timedelta:
+    @property
+    def _ttl(self) -> timedelta:
         return timedelta(seconds=self._lease.ttl_s)
 
     async def renew_leases(self) -> int:
         """Only the runs a task of this process runs: a run nobody runs must lapse, to be ended."""
-        return await self._runs.renew_leases(self._lease.owner, self._clock.now() + self._until(),
+        return await self._runs.renew_leases(self._lease.owner, self._clock.now() + self._ttl,
                                              self._registry.held())
 
     async def take_back_at_boot(self) -> list[Run]:
         """The runs this process's predecessor (same owner name) held: nobody runs them now."""
         taken = await self._runs.take_over(new_owner=self._lease.owner,
-                                           until=self._clock.now() + self._until(),
+                                           until=self._clock.now() + self._ttl,
                                            previous_owner=self._lease.owner)
         return await self._end_all(taken, "of this process before it restarted")
 
     async def recover_orphans(self) -> list[Run]:
         """End every run whose owner stopped renewing its lease one ttl ago, and tell its user."""
         now = self._clock.now()
-        taken = await self._runs.take_over(new_owner=self._lease.owner, until=now + self._until(),
-                                           lapsed_before=now - self._until())
+        taken = await self._runs.take_over(new_owner=self._lease.owner, until=now + self._ttl,
+                                           lapsed_before=now - self._ttl)
         return await self._end_all(taken, "of a stopped process")
 
     async def end_stranded(self) -> list[Run]:
