@@ -9,7 +9,7 @@ marked overflowed, and the reader re-reads the log from where it stood instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from adapters.event_bus import Envelope
 
@@ -74,12 +74,14 @@ class LiveQueue:
         self.drain()
 
 
-ReadStored = Callable[[Position], Awaitable[Iterable[Envelope]]]
+ReadStored = Callable[[Position], Awaitable[Sequence[Envelope]]]
 """The stored events after a position, in order (one run's after its seq, or the user's after the cursor)."""
 
 # A replay reads the log this many events at a time: a resume from far back neither holds the
 # event loop for one long read (SQLite runs on it) nor holds a whole history in memory at once.
-REPLAY_PAGE = 200
+# 100: each page is read and encoded in one turn of the loop (~10 ms), which everyone else's runs
+# wait behind (docs/performance.md, "Fair under abuse").
+REPLAY_PAGE = 100
 
 
 def paged(read: Callable[[Position, int], Awaitable[list[Envelope]]]) -> ReadStored:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +14,7 @@ from loguru import logger
 from adapters.budget import UserBudget
 from adapters.close_codes import CloseCode
 from adapters.event_bus import Envelope
-from adapters.follow import REPLAY_PAGE, LiveQueue, Position, ReadStored, follow
+from adapters.follow import LiveQueue, Position, ReadStored, follow
 
 
 class SocketConnection:
@@ -59,6 +59,15 @@ class SocketConnection:
     @property
     def closing(self) -> bool:
         return self._closing
+
+    @property
+    def gone(self) -> bool:
+        """Closing, or the client's connection is: what it sent and what it would get go nowhere.
+
+        aiohttp hands out the frames a connection had buffered after it closed; a flooder that
+        hangs up would otherwise have each of them answered (a resume: a replay) for nobody.
+        """
+        return self._closing or (self._transport is not None and self._transport.is_closing())
 
     @property
     def high_cursor(self) -> str | None:
@@ -150,28 +159,32 @@ class SocketConnection:
     async def resume(self, read: ReadStored, since: Position, *, skip: Position | None = None) -> None:
         """Send the stored events after `since`, then the live ones held meanwhile (`follow` merges them).
 
-        It waits for room in the queue instead of dropping; one replay at a time keeps them in order.
+        It waits for room in the queue instead of dropping; one replay at a time keeps them in order,
+        and one at a time per user keeps a user's sockets from replaying side by side.
         What it replays is charged to the user's budget. `skip`: leave out what that position has
         (what this socket sent, for a catch-up or a gap filled; what it sent before the client's
         first frame, for a resume by cursor). Otherwise a client gets what it asks for.
         """
-        replayed = 0
+
+        async def charged(position: Position) -> Sequence[Envelope]:
+            # Each read is charged as it is made (what a page costs is reading and encoding it,
+            # sent or not): a user in debt waits before the next page, not the others.
+            await asyncio.sleep(self.budget.wait_s())
+            if self.gone:
+                return ()
+            page = await read(position)
+            self.budget.replayed(len(page))
+            return page
+
         try:
-            async with self._replaying:
-                events = follow(self._hold(), read, since, caught_up_only=True)
+            async with self.budget.replay_turn, self._replaying:
+                events = follow(self._hold(), charged, since, caught_up_only=True)
                 async with contextlib.aclosing(events):
                     async for envelope in events:
-                        if envelope is not None and (skip is None or skip.is_new(envelope)):
-                            replayed += 1
-                            if not await self._put_waiting(envelope):
-                                return
-                        if replayed == REPLAY_PAGE:
-                            # Charged as it goes: a user in debt waits between pages, not the others.
-                            self.budget.replayed(replayed)
-                            replayed = 0
-                            await asyncio.sleep(self.budget.wait_s())
+                        wanted = envelope is not None and (skip is None or skip.is_new(envelope))
+                        if wanted and not await self._put_waiting(envelope):
+                            return
         finally:
-            self.budget.replayed(replayed)
             self._release()
 
     async def catch_up(self, read: ReadStored) -> None:

@@ -1,10 +1,13 @@
 """Fair under abuse: normal users' p99 to the terminal event alone and beside hostile sockets, and RSS.
 
-`.venv/bin/python -m bench.fairness [--users 50 --sockets 20 --phase 8]` starts one `goldenpath serve`
-(SQLite, builtin model without pauses, the message rate raised for the normal users, every other
-limit at its default), keeps `--users` users in a closed loop (one socket each, the next message
-when the last run ended) for the whole measurement, and runs bench/hostile.py beside them, one
-kind after the other, then all kinds at once, with a quiet phase between them. Prints markdown.
+`.venv/bin/python -m bench.fairness [--users 50 --sockets 20 --phase 20 --pace 2.5]` starts one
+`goldenpath serve` (SQLite, the builtin model, every limit at its default for every user), keeps
+`--users` users chatting like people (one socket each, a message every `--pace` s, or at once after
+an answer that took longer), and runs bench/hostile.py beside them, one kind after the other, then
+all kinds at once, with a quiet phase between them. Prints markdown, with the CPU used per wall
+second by the server, this process (the normal users) and the hostile processes.
+`--pace 0` is a closed loop (the next message as soon as the answer ends): a saturated server, whose
+p99 is its queue and grows with any work at all, a hostile user's allowed share included.
 tests/e2e/test_fairness.py runs `measure` shorter.
 """
 
@@ -24,15 +27,17 @@ from pathlib import Path
 import aiohttp
 
 from bench.hostile import KINDS
-from bench.load import login_users, one_run, open_sockets, pct, rss_kib, session
+from bench.load import cpu_s, login_users, one_run, open_sockets, pct, rss_kib, session
 
 HERE = Path(__file__).resolve().parent
-# The server's settings for this measurement (besides bench/servers.py's): the normal users are
-# let through, the hostile ones meet the limits every user has.
+# bench/servers.py raises the per-user limits for throughput runs; here every user, normal or
+# hostile, meets the defaults (the normal users' pace keeps within them).
 SERVER_ENV = {
+    "GOLDENPATH_SECURITY__MESSAGES_PER_MINUTE": "30",
     "GOLDENPATH_SECURITY__WS_FRAMES_PER_S": "50",
     "GOLDENPATH_LIMITS__MAX_PENDING_RUNS_PER_USER": "16",
 }
+CLOSED_LOOP_ENV = {"GOLDENPATH_SECURITY__MESSAGES_PER_MINUTE": "1000000"}
 
 
 @dataclass
@@ -41,6 +46,7 @@ class NormalUsers:
 
     url: str
     users: int
+    pace_s: float = 0.0
     runs: list[tuple[float, float]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -63,7 +69,9 @@ class NormalUsers:
                 return
             if not ok:
                 self.failed.append("a run did not complete")
-            self.runs.append((sent, time.monotonic()))
+            ended = time.monotonic()
+            self.runs.append((sent, ended))
+            await asyncio.sleep(max(0.0, sent + self.pace_s - ended))
 
     def p99(self, start: float, end: float) -> tuple[float, int]:
         """p99 (s) of the runs sent in [start, end) and ended by end, and how many there were."""
@@ -100,6 +108,21 @@ class Hostile:
         return json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
 
 
+class _Cpu:
+    """CPU seconds per wall second of the server, the hostile processes and this (normal users') process."""
+
+    def __init__(self, server: int, hostiles: list[Hostile] = ()) -> None:
+        self.server, self.at = server, time.monotonic()
+        self.start = {"server": cpu_s(server), "normal": cpu_s(os.getpid()),
+                      "hostile": sum(cpu_s(h.proc.pid) for h in hostiles)}
+
+    def share(self, hostiles: list[Hostile]) -> dict[str, float]:
+        wall = time.monotonic() - self.at
+        now = {"server": cpu_s(self.server), "normal": cpu_s(os.getpid()),
+               "hostile": sum(cpu_s(h.proc.pid) for h in hostiles)}
+        return {k: round((now[k] - self.start[k]) / wall, 2) for k in now}
+
+
 async def _rss_during(pid: int, seconds: float) -> float:
     """The highest RSS (MiB) sampled every 0.2 s for `seconds`."""
     top, deadline = 0.0, time.monotonic() + seconds
@@ -122,35 +145,38 @@ async def _settled_rss(pid: int, longest: float) -> float:
 
 
 async def measure(url: str, pid: int, *, users: int, sockets: int, phase_s: float, quiet_s: float,
-                  kinds: tuple[str, ...] = (*KINDS, "all")) -> dict:
+                  pace_s: float, kinds: tuple[str, ...] = (*KINDS, "all")) -> dict:
     """Normal users alone, then beside each kind of hostile socket (and all at once); a row per phase."""
-    normal = NormalUsers(url, users)
+    normal = NormalUsers(url, users, pace_s)
     load = asyncio.create_task(normal.run())
     try:
-        while len(normal.runs) < users * 2:  # warm: every socket open, the first burst served
+        while len(normal.runs) < users:  # warm: every socket open, the first burst served
             if load.done():
                 await load
                 raise RuntimeError("the normal users stopped before they warmed up")
             await asyncio.sleep(0.1)
         await asyncio.sleep(quiet_s)
         rss_before = await _settled_rss(pid, quiet_s)
-        start = time.monotonic()
+        start, cpu = time.monotonic(), _Cpu(pid)
         await asyncio.sleep(phase_s)
         alone, n = normal.p99(start, time.monotonic())
-        rows = [{"phase": "alone", "p99_s": alone, "runs": n, "rss_during": rss_kib(pid) / 1024}]
+        rows = [{"phase": "alone", "p99_s": alone, "runs": n, "rss_during": rss_kib(pid) / 1024,
+                 "cpu": cpu.share(())}]
         for kind in kinds:
             hostiles = [Hostile(url, each, sockets) for each in (KINDS if kind == "all" else (kind,))]
             await asyncio.gather(*(h.start() for h in hostiles))
-            start = time.monotonic()
+            start, cpu = time.monotonic(), _Cpu(pid, hostiles)
             rss_during = await _rss_during(pid, phase_s)
             p99, n = normal.p99(start, time.monotonic())
+            used = cpu.share(hostiles)
             seen = await asyncio.gather(*(h.stop() for h in hostiles))
             rss_after = await _settled_rss(pid, quiet_s)
             print(f"{kind}: p99 {p99:.3f} s vs {alone:.3f} s alone, "
                   f"RSS {rss_during:.0f} -> {rss_after:.0f} MiB", file=sys.stderr, flush=True)
             rows.append({"phase": kind, "p99_s": p99, "runs": n, "ratio": p99 / alone,
-                         "rss_during": rss_during, "rss_after": rss_after, "hostile": seen})
-        return {"users": users, "sockets": sockets, "phase_s": phase_s, "rss_before": rss_before,
+                         "rss_during": rss_during, "rss_after": rss_after, "hostile": seen, "cpu": used})
+        return {"users": users, "sockets": sockets, "phase_s": phase_s, "pace_s": pace_s,
+                "rss_before": rss_before,
                 "rows": rows, "failed": normal.failed[:3]}
     finally:
         normal.stop.set()
@@ -158,18 +184,23 @@ async def measure(url: str, pid: int, *, users: int, sockets: int, phase_s: floa
 
 
 def markdown(result: dict) -> str:
-    lines = [f"{result['users']} normal users in a closed loop, {result['sockets']} hostile sockets of each "
+    pace = f"a message every {result['pace_s']:g} s" if result["pace_s"] else "in a closed loop"
+    lines = [f"{result['users']} normal users, {pace}, {result['sockets']} hostile sockets of each "
              f"kind, {result['phase_s']:.0f} s per phase; RSS before: {result['rss_before']:.1f} MiB.", "",
              "| beside | runs | p99 to terminal | ratio to alone | RSS during (max) | RSS after "
-             "| hostile side |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| CPU server / normal / hostile | hostile side |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
         seen = "; ".join(_seen(s) for s in row.get("hostile", ()))
         ratio = f"{row['ratio']:.2f}x" if "ratio" in row else ""
         after = f"{row['rss_after']:.1f} MiB" if "rss_after" in row else ""
         lines.append(f"| {row['phase']} | {row['runs']} | {row['p99_s'] * 1000:.0f} ms | {ratio} | "
-                     f"{row['rss_during']:.1f} MiB | {after} | {seen} |")
+                     f"{row['rss_during']:.1f} MiB | {after} | {_cpu(row['cpu'])} | {seen} |")
     return "\n".join(lines)
+
+
+def _cpu(used: dict[str, float]) -> str:
+    return f"{used['server']:.2f} / {used['normal']:.2f} / {used['hostile']:.2f}"
 
 
 def _seen(s: dict) -> str:
@@ -186,16 +217,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--sockets", type=int, default=20)
-    parser.add_argument("--phase", type=float, default=8.0)
+    parser.add_argument("--phase", type=float, default=20.0)
+    parser.add_argument("--pace", type=float, default=2.5, help="s between a user's messages; 0: closed loop")
     parser.add_argument("--quiet", type=float, default=5.0)
     parser.add_argument("--kinds", default=",".join((*KINDS, "all")))
-    parser.add_argument("--delay-ms", default="0", help="the builtin model's pause between pieces")
+    parser.add_argument("--delay-ms", default="15", help="the builtin model's pause between pieces")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="goldenpath-fairness-"))
-    extra = {**SERVER_ENV, "GOLDENPATH_MODEL__BUILTIN_DELAY_MS": args.delay_ms}
+    extra = {**SERVER_ENV, **(CLOSED_LOOP_ENV if args.pace == 0 else {}),
+             "GOLDENPATH_MODEL__BUILTIN_DELAY_MS": args.delay_ms}
     with golden(tmp, extra) as server:
         result = asyncio.run(measure(server.url, server.pid, users=args.users, sockets=args.sockets,
-                                     phase_s=args.phase, quiet_s=args.quiet,
+                                     phase_s=args.phase, quiet_s=args.quiet, pace_s=args.pace,
                                      kinds=tuple(args.kinds.split(","))))
     print(markdown(result))
     print(json.dumps(result), file=sys.stderr)

@@ -109,10 +109,10 @@ class SecuritySettings(BaseModel):
                                      "sockets together may send per second after the burst, a "
                                      "frame counted as 1 KiB at least; more are read later")
     ws_user_bytes_burst: int = Field(1024 * 1024, ge=64 * 1024)
-    ws_replay_events_per_s: float = Field(500.0, gt=0, description="events one user's resumes may "
+    ws_replay_events_per_s: float = Field(100.0, gt=0, description="events one user's resumes may "
                                           "replay per second after the burst; a user past it has "
                                           "its next frames read later")
-    ws_replay_burst: int = Field(5000, ge=1)
+    ws_replay_burst: int = Field(2000, ge=1)
 
 
 class LogSettings(BaseModel):

@@ -77,6 +77,11 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return ws
     user = session.user
     if len(found.bridge.connections_of(user.id)) >= security.max_sockets_per_user:
+        # Answered once the user's budget allows: a client that opens one more socket again and
+        # again is slowed to its budget's pace instead of taking the server's time from others.
+        budget = budget_of(found.bridge, user.id, security)
+        budget.refused_socket()
+        await asyncio.sleep(min(budget.wait_s(), settings.ws_auth_timeout_s))
         await ws.send_json({"type": "error", "code": "limit_exceeded",
                             "message": f"You have {security.max_sockets_per_user} sockets open; "
                                        "close one (another tab or device) first."})
@@ -107,6 +112,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     with logger.contextualize(user_id=user.id, connection_id=connection.connection_id):
         try:
             async for msg in ws:
+                if connection.gone:
+                    break
                 connection.client_frame()
                 if msg.type is WSMsgType.TEXT:
                     connection.budget.read(len(msg.data))

@@ -52,6 +52,8 @@ class FrameDispatcher:
         except FrameError as exc:
             self._error(exc.code, exc.message, exc.client_message_id)
             return
+        if not isinstance(frame, PingFrame):
+            self._connection.budget.asked_database()  # whatever the answer, the question cost that
         try:
             await self._answer(frame)
         except StorageUnavailable as exc:

@@ -27,3 +27,14 @@ def test_small_frames_cost_at_least_a_kibibyte_each() -> None:
     for _ in range(5):
         budget.read(2)
     assert 0.9 < budget.wait_s() <= 1.0
+
+
+def test_frames_that_ask_the_database_and_refused_sockets_cost_more_than_their_bytes() -> None:
+    budget = UserBudget(bytes_per_s=8192, bytes_burst=8192, replay_per_s=1, replay_burst=1)
+    budget.asked_database()  # 8 KiB: the whole burst
+    assert budget.wait_s() == 0.0
+    budget.asked_database()
+    assert 0.9 < budget.wait_s() <= 1.0
+    budget.refused_socket()  # 16 KiB more: two seconds on top
+    assert 2.9 < budget.wait_s() <= 3.0
+

@@ -191,3 +191,36 @@ async def test_a_resume_by_cursor_leaves_out_what_the_socket_sent_before_it_came
     await eventually(lambda: len(ws.sent) == 3, what=lambda: f"three frames, not {ws.seqs()}")
     assert ws.seqs() == [("run_a", 1), ("run_a", 2), ("run_a", 3)]  # each once
     await connection.close()
+
+
+async def test_a_users_sockets_replay_one_at_a_time_and_a_gone_one_reads_nothing() -> None:
+    budget = user_budget(SecuritySettings())
+    first, _ = connect(budget=budget)
+    second, second_ws = connect(budget=budget)
+    reading, release, reads = asyncio.Event(), asyncio.Event(), []
+
+    async def slow_read(_: Position) -> list[Envelope]:
+        reads.append("first")
+        reading.set()
+        await release.wait()
+        return [envelope("run_a", 1, 1)]
+
+    async def read(_: Position) -> list[Envelope]:
+        reads.append("second")
+        return [envelope("run_b", 1, 2)]
+
+    replaying = asyncio.create_task(first.resume(slow_read, Position()))
+    await reading.wait()
+    waiting = asyncio.create_task(second.resume(read, Position()))
+    await asyncio.sleep(0.01)  # what the second would have read by now, had it not waited its turn
+    assert reads == ["first"]
+    release.set()
+    await asyncio.gather(replaying, waiting)
+    assert reads == ["first", "second"]
+    await eventually(lambda: second_ws.seqs() == [("run_b", 1)], what="the second socket's replay")
+
+    await second.close()
+    assert second.gone
+    await second.resume(read, Position())  # a closed socket's buffered resume reads nothing
+    assert reads == ["first", "second"]
+    await first.close()
