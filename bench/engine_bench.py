@@ -55,7 +55,7 @@ async def _measure(active: int, iterations: int) -> dict[str, float]:
     container = Container()  # the settings' limits, the two the benchmark needs raised
     factory = ExecutionEngineFactory(
         bridge=_Bridge(), model=_Model(), clock=clock, audit=_Audit(),
-        toolbox=ToolBox([], timeout_s=container.settings().limits.tool_timeout_s),
+        toolbox=ToolBox([], timeout_s=container.settings().limits.tool_timeout_s, pause_s=0.0),
         limits=replace(container.engine_limits(), max_engines_per_user=4, max_engines_total=active + 100),
     )
     # Background engines: 4 per user (the per-user limit), kept open during the measurement.

@@ -215,6 +215,7 @@ class Container(containers.DeclarativeContainer):
         ToolBox,
         tools=providers.Callable(make_builtin_tools, notes=notes, ids=ids, clock=clock),
         timeout_s=settings.provided.limits.tool_timeout_s,
+        pause_s=providers.Callable(lambda ms: ms / 1000, settings.provided.tools.pause_ms),
     )
     bridge = providers.Singleton(AgentWebSocketBridge, event_log=event_log, bus=event_bus)
     engine_factory = providers.Singleton(
@@ -247,6 +248,7 @@ class Container(containers.DeclarativeContainer):
         threads=threads,
         messages=messages,
         runs=runs,
+        events=event_log,
         audit=audit_log,
         ids=ids,
         clock=clock,
@@ -265,6 +267,8 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         lease=lease,
         retention=providers.Callable(_retention, settings),
+        resumer=chat_service,
+        max_takeovers=settings.provided.runs.max_takeovers,
     )
     conversation_service = providers.Singleton(
         ConversationService, threads=threads, messages=messages, runs=runs, events=event_log

@@ -91,8 +91,15 @@ class LimitsSettings(BaseModel):
 
 class RunsSettings(BaseModel):
     lease_ttl_s: float = Field(30.0, ge=1, description="a run whose process stops renewing it for "
-                               "this long ends as interrupted")
+                               "this long is taken over by another process (or its restart)")
+    max_takeovers: int = Field(2, ge=0, description="times a run may be taken over and go on from its "
+                               "checkpoint; once more and it ends agent_error interrupted")
     event_retention_days: float = Field(7.0, gt=0)
+
+
+class ToolsSettings(BaseModel):
+    pause_ms: float = Field(0.0, ge=0, le=60_000, description="a pause before each tool call runs: "
+                            "for demos and fault drills (a process killed while a tool runs)")
 
 
 class SecuritySettings(BaseModel):
@@ -132,6 +139,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     limits: LimitsSettings = LimitsSettings()
     runs: RunsSettings = RunsSettings()
+    tools: ToolsSettings = ToolsSettings()
     bus: BusSettings = BusSettings()
     security: SecuritySettings = SecuritySettings()
     log: LogSettings = LogSettings()

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from domain.checkpoints import Restored, capture
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.errors import ModelError
@@ -35,6 +36,12 @@ SYSTEM_PROMPT = (
 # Between the texts of two model steps (before and after a tool call), so they are not glued.
 STEP_BREAK = "\n\n"
 
+# tool_completed.error of a call that was running when its process died and is not safe to
+# run again: the model is told, and decides what to say.
+INTERRUPTED_TOOL = "interrupted"
+INTERRUPTED_TOOL_MESSAGE = ("interrupted: the server running this tool stopped before it answered, "
+                            "and it was not run again because running it twice may not be safe")
+
 
 @dataclass(slots=True)
 class RunState:
@@ -45,6 +52,19 @@ class RunState:
     steps: int = 0
     answer: list[str] = field(default_factory=list)  # joined with "": breaks are pieces too
     usage: Usage = field(default_factory=Usage)
+    pending: list[ToolCall] = field(default_factory=list)  # the step's calls not yet completed
+    in_flight: str | None = None  # the call started and not completed (its tool_executing sent)
+
+    @classmethod
+    def restored(cls, checkpoint: Restored) -> RunState:
+        return cls(conversation=checkpoint.conversation, tool_calls=checkpoint.tool_calls,
+                   steps=checkpoint.steps, answer=checkpoint.answer, usage=checkpoint.usage,
+                   pending=checkpoint.pending, in_flight=checkpoint.in_flight)
+
+    def checkpoint(self, seq: int) -> dict:
+        return capture(seq=seq, conversation=self.conversation, tool_calls=self.tool_calls,
+                       steps=self.steps, answer=self.answer, usage=self.usage, pending=self.pending,
+                       in_flight=self.in_flight)
 
 
 @dataclass(slots=True)
@@ -69,8 +89,14 @@ async def run_agent(
     state: RunState,
     limits: EngineLimits,
 ) -> str:
-    """Run the loop to an answer; raises ModelError when the model fails or never answers."""
-    state.conversation.insert(0, ChatMessage(role="system", content=SYSTEM_PROMPT))
+    """Run the loop to an answer; raises ModelError when the model fails or never answers.
+
+    A state restored from a checkpoint goes on where it stood: the tool calls of its last step
+    that had not completed first, then the model again.
+    """
+    if not state.conversation or state.conversation[0].role != "system":
+        state.conversation.insert(0, ChatMessage(role="system", content=SYSTEM_PROMPT))
+    await _run_pending(context, toolbox, emitter, state)
     while state.steps < limits.max_steps:
         await emitter.emit(AgentThinking(_thinking_text(state)))
         step = await _ask_model(model, toolbox, emitter, state, limits.model_timeout_s)
@@ -81,8 +107,8 @@ async def run_agent(
         state.conversation.append(
             ChatMessage(role="assistant", content="".join(step.text), tool_calls=calls)
         )
-        for call in calls:
-            await _run_tool(context, toolbox, emitter, state, call)
+        state.pending = list(calls)
+        await _run_pending(context, toolbox, emitter, state)
     raise ModelError(f"The agent used all {limits.max_steps} of its steps without reaching an answer.",
                      code="step_limit")
 
@@ -153,6 +179,25 @@ def _assemble_calls(step: _Step, state: RunState) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
+async def _run_pending(
+    context: UserExecutionContext, toolbox: ToolBox, emitter: RunEventEmitter, state: RunState
+) -> None:
+    """The step's tool calls, in order, each checkpointed as it starts and as it ends.
+
+    A call that was running when a previous process died runs again only if its tool says that
+    is safe (`ToolBox.retry_safe`); otherwise it completes with `interrupted`.
+    """
+    while state.pending:
+        call = state.pending[0]
+        if state.in_flight == call.id and not toolbox.retry_safe(call.name):
+            outcome_error, content = INTERRUPTED_TOOL, json.dumps({"error": INTERRUPTED_TOOL_MESSAGE})
+            await _completed(emitter, state, call, content,
+                             ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=0,
+                                           result=None, error=outcome_error))
+            continue
+        await _run_tool(context, toolbox, emitter, state, call)
+
+
 async def _run_tool(
     context: UserExecutionContext,
     toolbox: ToolBox,
@@ -160,18 +205,31 @@ async def _run_tool(
     state: RunState,
     call: ToolCall,
 ) -> None:
-    state.tool_calls.append(call)
-    state.usage.tool_calls += 1
+    if state.in_flight != call.id:  # a call run again after a takeover is counted once
+        state.tool_calls.append(call)
+        state.usage.tool_calls += 1
+    state.in_flight = call.id
     try:
         shown_arguments = json.loads(call.arguments) if call.arguments.strip() else {}
     except json.JSONDecodeError:
         shown_arguments = call.arguments
-    await emitter.emit(ToolExecuting(tool_call_id=call.id, tool=call.name, arguments=shown_arguments))
-    outcome = await toolbox.execute(context, call.name, call.arguments)
+    await emitter.emit(ToolExecuting(tool_call_id=call.id, tool=call.name, arguments=shown_arguments),
+                       checkpoint=state.checkpoint(emitter.last_seq + 1))
+    # The run's id with the call's: a model's call ids are unique only within its conversation.
+    outcome = await toolbox.execute(context, call.name, call.arguments,
+                                    call_key=f"{context.run_id}:{call.id}")
     if outcome.error is None:
         content = json.dumps({"result": outcome.result}, default=str)
     else:
         content = json.dumps({"error": outcome.error})
-    await emitter.emit(ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=outcome.duration_ms,
-                                     result=outcome.result, error=outcome.error))
+    await _completed(emitter, state, call, content,
+                     ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=outcome.duration_ms,
+                                   result=outcome.result, error=outcome.error))
+
+
+async def _completed(emitter: RunEventEmitter, state: RunState, call: ToolCall, content: str,
+                     event: ToolCompleted) -> None:
     state.conversation.append(ChatMessage(role="tool", content=content, tool_call_id=call.id))
+    state.pending.pop(0)
+    state.in_flight = None
+    await emitter.emit(event, checkpoint=state.checkpoint(emitter.last_seq + 1))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from domain.checkpoints import Resumption
 from domain.context import UserExecutionContext
 from domain.engine import UserExecutionEngine
 from domain.entities import AuditAction, AuditEntry, Message, Role, Run, RunStatus, Thread
@@ -28,6 +29,7 @@ from domain.llm import ChatMessage
 from domain.ports import (
     AuditLog,
     Clock,
+    EventLog,
     IdGenerator,
     MessageRateLimit,
     MessageRepository,
@@ -67,6 +69,7 @@ class ChatService:
         threads: ThreadRepository,
         messages: MessageRepository,
         runs: RunRepository,
+        events: EventLog,
         audit: AuditLog,
         ids: IdGenerator,
         clock: Clock,
@@ -80,6 +83,7 @@ class ChatService:
         self._threads = threads
         self._messages = messages
         self._runs = runs
+        self._events = events
         self._audit = audit
         self._ids = ids
         self._clock = clock
@@ -177,7 +181,20 @@ class ChatService:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def _execute(self, run: Run, request_id: str) -> None:
+    def resume(self, run: Run) -> None:
+        """Go on with a run taken over from a process that stopped (the Housekeeper took it, with
+        the next lease epoch): a started run from its last checkpoint, a queued one from its start,
+        each in its thread's lane (the caller hands them over in the order they were made)."""
+        self._registry.launch(run, lambda r: self._execute(r, "takeover", taken_over=True))
+
+    async def _resumption(self, run: Run) -> Resumption | None:
+        """What a run taken over goes on from; None for a run that had not started (it starts)."""
+        if run.status is not RunStatus.RUNNING:
+            return None
+        return Resumption(state=await self._events.checkpoint(run.id),
+                          last_seq=await self._events.last_seq(run.id), attempt=run.lease_epoch)
+
+    async def _execute(self, run: Run, request_id: str, *, taken_over: bool = False) -> None:
         """The run's task, once its turn came (or it was withdrawn): engine, answer, terminal event."""
         bind_run(user_id=run.user_id, run_id=run.id, thread_id=run.thread_id, request_id=request_id)
         context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
@@ -185,8 +202,9 @@ class ChatService:
                                        lease_epoch=run.lease_epoch)
         try:
             try:
-                async with self._factory.user_execution_scope(context) as engine:
-                    await self._drive(engine, run)
+                resumption = await self._resumption(run) if taken_over else None
+                async with self._factory.user_execution_scope(context, resumption) as engine:
+                    await self._drive(engine, run, resumption)
             except LimitExceeded as exc:
                 await self._factory.reject_run(context, exc)
                 self._registry.ended(run, RunStatus.FAILED, exc.code)
@@ -200,16 +218,22 @@ class ChatService:
             log.exception("run %s could not be completed", run.id)
             self._registry.strand(run)
 
-    async def _drive(self, engine: UserExecutionEngine, run: Run) -> None:
+    async def _drive(self, engine: UserExecutionEngine, run: Run, resumption: Resumption | None) -> None:
         """Run the engine and send its terminal event, which stores the run's end with it."""
         reason = self._registry.cancel_requested(run.id)
         if reason is not None:
             engine.cancel(reason)
         else:
             await self._runs.mark_running(run.id, run.lease_epoch)
-        self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_STARTED,
-                                      at=self._clock.now(), run_id=run.id))
-        log.info("run %s started", run.id)
+        if resumption is None:
+            self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_STARTED,
+                                          at=self._clock.now(), run_id=run.id))
+            log.info("run %s started", run.id)
+        else:
+            detail = f"attempt {resumption.attempt} by {self._lease.owner} from seq {resumption.from_seq}"
+            self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_RESUMED,
+                                          at=self._clock.now(), run_id=run.id, detail=detail))
+            log.warning("run %s resumed here: %s", run.id, detail)
         history = self._history(run, await self._messages.list_for_thread(run.user_id, run.thread_id))
         outcome = await engine.run(history)
         if outcome.cancel_reason == "timeout":

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from domain.context import UserExecutionContext
 from domain.errors import LeaseLost
@@ -61,8 +62,10 @@ class RunEventEmitter:
     def lease_lost(self) -> bool:
         return isinstance(self._failed, LeaseLost)
 
-    async def emit(self, payload: EventPayload) -> None:
-        """Hand the event over; waits only as the class says. Raises if an earlier one failed."""
+    async def emit(self, payload: EventPayload, *, checkpoint: Mapping[str, Any] | None = None) -> None:
+        """Hand the event over; waits only as the class says. Raises if an earlier one failed.
+
+        `checkpoint`: the run's state once this event happened, stored with it (one transaction)."""
         if self._failed is not None:
             raise self._failed
         if self._terminal_sent:
@@ -80,6 +83,7 @@ class RunEventEmitter:
             ts=self._clock.now(),
             data=payload.data(),
             epoch=self._epoch,
+            checkpoint=checkpoint,
         )
         future = asyncio.ensure_future(self._publish(event))
         future.add_done_callback(self._note_failure)

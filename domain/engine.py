@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from domain.agent import RunState, run_agent
+from domain.checkpoints import Resumption, restore
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.entities import RunStatus
 from domain.errors import EngineClosed, LeaseLost, ModelError, StorageUnavailable
-from domain.events import AgentCancelled, AgentCompleted, AgentError, AgentStarted
+from domain.events import AgentCancelled, AgentCompleted, AgentError, AgentStarted, RunResumed
 from domain.limits import EngineLimits
 from domain.llm import ChatMessage, Usage
 from domain.ports import ChatModel
@@ -47,6 +48,7 @@ class UserExecutionEngine:
         model: ChatModel,
         toolbox: ToolBox,
         limits: EngineLimits,
+        resumption: Resumption | None = None,
         _key: object = None,
     ) -> None:
         if _key is not _FACTORY_KEY:
@@ -60,6 +62,7 @@ class UserExecutionEngine:
         self._model = model
         self._toolbox = toolbox
         self._limits = limits
+        self._resumption = resumption
         self._state = RunState()
         self._task: asyncio.Task[str] | None = None
         self._cancel_reason: str | None = None
@@ -96,10 +99,9 @@ class UserExecutionEngine:
             raise RuntimeError("an engine runs exactly once")
         self._started = True
         started = time.perf_counter()
-        await self._emitter.emit(AgentStarted(self._model.name))
+        await self._begin(history)
         if self._cancel_reason is not None:
             return RunOutcome(RunStatus.CANCELLED, cancel_reason=self._cancel_reason)
-        self._state.conversation.extend(history)
         self._task = asyncio.create_task(
             run_agent(
                 context=self._context,
@@ -128,6 +130,21 @@ class UserExecutionEngine:
             return self._ended(RunStatus.FAILED, started, code="internal_error",
                                message="The agent failed unexpectedly; the error was logged.")
         return self._ended(RunStatus.COMPLETED, started, text=text)
+
+    async def _begin(self, history: Sequence[ChatMessage]) -> None:
+        """A new run starts with the thread's history; a run taken over, from its checkpoint (or
+        from the start if it had none), saying so with run_resumed."""
+        resumption = self._resumption
+        if resumption is None:
+            await self._emitter.emit(AgentStarted(self._model.name))
+            self._state.conversation.extend(history)
+            return
+        if resumption.state is not None:
+            self._state = RunState.restored(restore(resumption.state))
+        else:
+            self._state.conversation.extend(history)
+        await self._emitter.emit(RunResumed(attempt=resumption.attempt, from_seq=resumption.from_seq,
+                                            text="".join(self._state.answer)))
 
     def _ended(self, status: RunStatus, started: float, *, text: str = "", code: str | None = None,
                message: str | None = None, cancel_reason: str | None = None) -> RunOutcome:

@@ -76,6 +76,7 @@ class Note:
     user_id: str
     text: str
     created_at: datetime
+    key: str | None = None  # the call that saved it: the same key saves nothing twice (per user)
 
 
 class AuditAction(StrEnum):
@@ -84,6 +85,7 @@ class AuditAction(StrEnum):
     ENGINE_CLEANED_UP = "engine.cleaned_up"
     ENGINE_REJECTED = "engine.rejected"
     RUN_STARTED = "run.started"
+    RUN_RESUMED = "run.resumed"
     RUN_ENDED = "run.ended"
 
 

@@ -14,6 +14,7 @@ from domain.entities import RunStatus
 
 class EventType(StrEnum):
     AGENT_STARTED = "agent_started"
+    RUN_RESUMED = "run_resumed"
     AGENT_THINKING = "agent_thinking"
     TOOL_EXECUTING = "tool_executing"
     TOOL_COMPLETED = "tool_completed"
@@ -51,6 +52,23 @@ class AgentStarted(EventPayload):
 
     def data(self) -> dict[str, Any]:
         return {"agent": self.agent}
+
+
+@dataclass(slots=True)
+class RunResumed(EventPayload):
+    """Another process took the run over and goes on from its last checkpoint.
+
+    `from_seq`: the last event the checkpoint covers; what came after it (the text and thinking of
+    a step cut off) is superseded and comes again. `text`: the answer as of that checkpoint.
+    """
+
+    TYPE = EventType.RUN_RESUMED
+    attempt: int
+    from_seq: int
+    text: str
+
+    def data(self) -> dict[str, Any]:
+        return {"attempt": self.attempt, "from_seq": self.from_seq, "text": self.text}
 
 
 @dataclass(slots=True)
@@ -136,7 +154,7 @@ class AgentCancelled(EventPayload):
 # against it (tests/architecture/test_event_vocabulary.py).
 PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType({
     payload.TYPE: payload for payload in (
-        AgentStarted, AgentThinking, ToolExecuting, ToolCompleted, AgentMessageDelta,
+        AgentStarted, RunResumed, AgentThinking, ToolExecuting, ToolCompleted, AgentMessageDelta,
         AgentCompleted, AgentError, AgentCancelled,
     )
 })
@@ -176,6 +194,9 @@ class AgentEvent:
     # The lease epoch its writer held: the log refuses it once the run's epoch has moved on.
     # None: not fenced (an event written outside a run's lease, as tests do).
     epoch: int | None = None
+    # The run's state after this event (domain/checkpoints.py), stored in the event's transaction;
+    # never sent to clients.
+    checkpoint: Mapping[str, Any] | None = None
 
     def with_cursor(self, cursor: str) -> AgentEvent:
         return replace(self, cursor=cursor)

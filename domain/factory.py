@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from domain.checkpoints import Resumption
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.engine import _FACTORY_KEY, UserExecutionEngine
@@ -89,7 +90,10 @@ class ExecutionEngineFactory:
                                       at=self._clock.now(), run_id=context.run_id, outcome=reason))
         return LimitExceeded(reason)
 
-    async def create_for_user(self, context: UserExecutionContext) -> UserExecutionEngine:
+    async def create_for_user(self, context: UserExecutionContext,
+                              resumption: Resumption | None = None) -> UserExecutionEngine:
+        """The run's engine; with `resumption`, one that goes on from the run's checkpoint (a
+        takeover), its events numbered after those stored."""
         started = time.perf_counter()
         if not isinstance(context, UserExecutionContext):
             raise TypeError("create_for_user takes a UserExecutionContext")
@@ -107,10 +111,11 @@ class ExecutionEngineFactory:
             raise self._refuse(context, "The server is at its limit of runs; try again shortly.")
         engine = UserExecutionEngine(
             context=context,
-            emitter=self.emitter_for(context),
+            emitter=self.emitter_for(context, after_seq=resumption.last_seq if resumption else 0),
             model=self._model,
             toolbox=self._toolbox,
             limits=self._limits,
+            resumption=resumption,
             _key=_FACTORY_KEY,
         )
         self._engines[context.run_id] = engine
@@ -126,10 +131,10 @@ class ExecutionEngineFactory:
 
     @asynccontextmanager
     async def user_execution_scope(
-        self, context: UserExecutionContext
+        self, context: UserExecutionContext, resumption: Resumption | None = None
     ) -> AsyncIterator[UserExecutionEngine]:
         """An engine for the length of the block, cleaned up however the block ends."""
-        engine = await self.create_for_user(context)
+        engine = await self.create_for_user(context, resumption)
         try:
             yield engine
         finally:

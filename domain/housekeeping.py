@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
+from typing import Protocol
 
 from domain.context import UserExecutionContext
 from domain.entities import AuditAction, AuditEntry, Run, RunStatus
@@ -23,15 +24,21 @@ INTERRUPTED_MESSAGE = ("The server running this request stopped before it finish
                        "please send your message again.")
 
 
+class Resumer(Protocol):
+    def resume(self, run: Run) -> None:
+        """Go on with a run this process took over (ChatService.resume)."""
+
+
 class Housekeeper:
     """Every run ends with exactly one terminal event, whoever ends it.
 
-    A run is ended as `interrupted` by the process that takes it over (with the next lease
-    epoch, so the old holder's writes are refused): a process that restarts takes back, at
-    once, the runs it held before (its owner name is stable across restarts); any process
-    takes the runs whose lease lapsed one ttl ago (an owner that is only slow renews in time).
-    This process also ends its own stranded runs (their task ended while the database was
-    away) as soon as the database answers again.
+    A run whose process stopped is taken over with the next lease epoch (so the old holder's
+    writes are refused): a process that restarts takes back, at once, the runs it held before
+    (its owner name is stable across restarts); any process takes the runs whose lease lapsed
+    one ttl ago (an owner that is only slow renews in time). A run taken over goes on here from
+    its last checkpoint (queued ones from their start, in their order), at most `max_takeovers`
+    times; once more and it ends as `interrupted`. This process also ends its own stranded runs
+    (their task ended while the database was away) as soon as the database answers again.
     """
 
     def __init__(
@@ -45,6 +52,8 @@ class Housekeeper:
         clock: Clock,
         lease: LeasePolicy,
         retention: timedelta,
+        resumer: Resumer | None,
+        max_takeovers: int,
     ) -> None:
         self._runs = runs
         self._events = events
@@ -54,6 +63,8 @@ class Housekeeper:
         self._clock = clock
         self._lease = lease
         self._retention = retention
+        self._resumer = resumer  # None: runs taken over end as interrupted
+        self._max_takeovers = max_takeovers
         self._last_prune = None
 
     @property
@@ -70,14 +81,35 @@ class Housekeeper:
         taken = await self._runs.take_over(new_owner=self._lease.owner,
                                            until=self._clock.now() + self._ttl,
                                            previous_owner=self._lease.owner)
-        return await self._end_all(taken, "of this process before it restarted")
+        return await self._go_on(taken, "of this process before it restarted")
 
     async def recover_orphans(self) -> list[Run]:
         """End every run whose owner stopped renewing its lease one ttl ago, and tell its user."""
         now = self._clock.now()
         taken = await self._runs.take_over(new_owner=self._lease.owner, until=now + self._ttl,
                                            lapsed_before=now - self._ttl)
-        return await self._end_all(taken, "of a stopped process")
+        return await self._go_on(taken, "of a stopped process")
+
+    async def _go_on(self, taken: Iterable[Run], whose: str) -> list[Run]:
+        """Resume what may go on, end the rest; returns the runs taken."""
+        taken = list(taken)
+        # The epoch counts the takeovers: each raised it by one.
+        resumable = [run for run in taken
+                     if self._resumer is not None and run.lease_epoch <= self._max_takeovers]
+        ended = await self._end_all([run for run in taken if run not in resumable], whose)
+        for _ in ended:
+            self._registry.taken_over("interrupted")
+        # Started runs first, then queued ones, each in the order they were made: a thread's lane
+        # then holds them as it did in the process that stopped.
+        resumable.sort(key=lambda run: (run.status is not RunStatus.RUNNING, run.created_at, run.id))
+        for run in resumable:
+            assert self._resumer is not None
+            self._resumer.resume(run)
+            self._registry.taken_over("resumed")
+        if resumable:
+            log.warning("%d runs %s go on here: %s", len(resumable), whose,
+                        ", ".join(run.id for run in resumable[:20]) + (" ..." if len(resumable) > 20 else ""))
+        return taken
 
     async def end_stranded(self) -> list[Run]:
         """Runs of this process whose end could not be stored (the database was away)."""

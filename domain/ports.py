@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from domain.entities import AuditEntry, Message, Note, Run, Thread, User
@@ -67,6 +67,10 @@ class EventLog(Protocol):
         ...
 
     async def last_seq(self, run_id: str) -> int: ...
+
+    async def checkpoint(self, run_id: str) -> dict[str, Any] | None:
+        """The run's latest checkpoint, stored with the event it follows; None: it has none."""
+        ...
 
     async def prune(self, older_than: datetime) -> int:
         """Delete events older than the retention period; returns how many."""
@@ -165,7 +169,10 @@ class RunControl(Protocol):
 
 
 class NoteRepository(Protocol):
-    async def add(self, note: Note) -> None: ...
+    async def add(self, note: Note) -> Note:
+        """Store it and return it; a note with the `key` of one the user has is not stored again,
+        and that one is returned."""
+        ...
 
     async def search(self, user_id: str, query: str, limit: int = 5) -> Sequence[Note]: ...
 

@@ -35,6 +35,7 @@ class RunRegistry:
         # to end, by the housekeeper, as soon as the database answers.
         self._stranded: dict[str, Run] = {}
         self._accepting = True
+        self._takeovers: dict[str, int] = {"resumed": 0, "interrupted": 0}
         self._outcomes = {status.value: 0 for status in
                           (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)}
 
@@ -124,6 +125,13 @@ class RunRegistry:
         """Count the run's outcome (exported as runs by outcome) and log its end."""
         self._outcomes[status.value] = self._outcomes.get(status.value, 0) + 1
         log.info("run %s ended %s%s", run.id, status.value, f" ({detail})" if detail else "")
+
+    def taken_over(self, outcome: str) -> None:
+        """Count a run this process took over: `resumed` (it goes on here) or `interrupted`."""
+        self._takeovers[outcome] = self._takeovers.get(outcome, 0) + 1
+
+    def takeovers(self) -> dict[str, int]:
+        return dict(self._takeovers)
 
     def outcomes(self) -> dict[str, int]:
         """Runs of this process that ended, by final status (completed, failed, cancelled)."""

@@ -11,6 +11,7 @@ from typing import Any
 from ag_ui.core import (
     PROTOCOL_VERSION,
     BaseEvent,
+    CustomEvent,
     ReasoningEndEvent,
     ReasoningMessageContentEvent,
     ReasoningMessageEndEvent,
@@ -133,6 +134,14 @@ class AguiTranslator:
     def _started(self, data: Mapping[str, Any]) -> list[BaseEvent]:
         return []  # RUN_STARTED went first, from `started`
 
+    def _resumed(self, data: Mapping[str, Any]) -> list[BaseEvent]:
+        # AG-UI cannot take streamed text back: what the cut-off step said stays in its message,
+        # the step's text comes again in a new one, and RUN_FINISHED's result.text is the answer.
+        out = self._close_all()
+        self._assistant, self._assistant_has_text = None, False
+        out.append(CustomEvent(name="goldenpath.run_resumed", value=dict(data)))
+        return out
+
     def _thinking(self, data: Mapping[str, Any]) -> list[BaseEvent]:
         self._next_turn_if_due()
         out = self._close_text()
@@ -251,6 +260,7 @@ class AguiTranslator:
 # checks that each type of domain/events.py has its entry).
 HANDLERS: Mapping[str, Callable[[AguiTranslator, Mapping[str, Any]], list[BaseEvent]]] = {
     EventType.AGENT_STARTED: AguiTranslator._started,
+    EventType.RUN_RESUMED: AguiTranslator._resumed,
     EventType.AGENT_THINKING: AguiTranslator._thinking,
     EventType.AGENT_MESSAGE_DELTA: AguiTranslator._delta,
     EventType.TOOL_EXECUTING: AguiTranslator._tool_executing,

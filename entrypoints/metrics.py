@@ -132,6 +132,15 @@ class ServerCollector(Collector):
         for outcome in sorted(set(RUN_OUTCOMES) | set(outcomes)):
             runs.add_metric([outcome], outcomes.get(outcome, 0))
         yield runs
+        takeovers = services.runs.takeovers() if services is not None else {}
+        taken = CounterMetricFamily("goldenpath_run_takeovers", "Runs this process took over from a "
+                                    "stopped one, by outcome: resumed here, or ended interrupted "
+                                    "(past runs.max_takeovers).", labels=["outcome"])
+        for outcome in ("resumed", "interrupted"):
+            taken.add_metric([outcome], takeovers.get(outcome, 0))
+        yield taken
+        yield CounterMetricFamily("goldenpath_runs_resumed", "Runs this process resumed from their "
+                                  "checkpoint after a takeover.", value=takeovers.get("resumed", 0))
         yield GaugeMetricFamily("goldenpath_runs_active", "Runs going or queued on this process.",
                                 value=services.runs.active if services is not None else 0)
 

@@ -19,6 +19,11 @@ def _data(description: str, properties: dict[str, Any], **more: Any) -> dict[str
 # with it, and tests/architecture/test_event_vocabulary.py compares the two.
 EVENT_DATA: dict[str, dict[str, Any]] = {
     "agent_started": _data("The first event of every run.", {"agent": _STRING}),
+    "run_resumed": _data("The run's process stopped and another took it over: it goes on from its "
+                         "last checkpoint. Events after `from_seq` (the text of a step cut off) are "
+                         "superseded and come again; `text` is the answer as of the checkpoint; "
+                         "`attempt` counts the takeovers.",
+                         {"attempt": _INTEGER, "from_seq": _INTEGER, "text": _STRING}),
     "agent_thinking": _data("What the agent is doing, or the model's reasoning as it streams.",
                             {"text": _STRING}),
     "tool_executing": _data("Before a tool runs; `arguments` as the model gave them (a string when "

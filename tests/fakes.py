@@ -9,6 +9,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from dependency_injector import providers
 
@@ -30,7 +31,8 @@ def engine_limits(**changes: float) -> EngineLimits:
 
 def toolbox(tools: Iterable[Tool | BlockingTool] = ()) -> ToolBox:
     """A toolbox with the settings' default tool timeout."""
-    return ToolBox(tools, timeout_s=Settings.model_construct().limits.tool_timeout_s)
+    settings = Settings.model_construct()
+    return ToolBox(tools, timeout_s=settings.limits.tool_timeout_s, pause_s=settings.tools.pause_ms / 1000)
 
 
 class FixedClock:
@@ -66,8 +68,13 @@ class InMemoryNoteRepository:
     def __init__(self) -> None:
         self.notes: list[Note] = []
 
-    async def add(self, note: Note) -> None:
+    async def add(self, note: Note) -> Note:
+        if note.key is not None:
+            for kept in self.notes:
+                if kept.user_id == note.user_id and kept.key == note.key:
+                    return kept
         self.notes.append(note)
+        return note
 
     async def search(self, user_id: str, query: str, limit: int = 5) -> Sequence[Note]:
         wanted = _words(query)
@@ -225,6 +232,7 @@ class InMemoryEventLog:
     def __init__(self, runs: InMemoryRunRepository | None = None) -> None:
         self.events: list[AgentEvent] = []
         self.refused: list[AgentEvent] = []
+        self.checkpoints: dict[str, dict[str, Any]] = {}
         self._runs = runs
         self._listener: Callable[[list[AgentEvent]], Awaitable[None]] | None = None
 
@@ -239,6 +247,8 @@ class InMemoryEventLog:
             return refused
         stored = event.with_cursor(f"{len(self.events) + 1:020d}")
         self.events.append(stored)
+        if event.checkpoint is not None:
+            self.checkpoints[event.run_id] = dict(event.checkpoint)
         if self._runs is not None and event.type.is_terminal and event.run_id in self._runs.runs:
             self._runs.end(stored)
         return asyncio.ensure_future(self._hand_over(stored))
@@ -260,6 +270,9 @@ class InMemoryEventLog:
                         limit: int | None = None) -> list[AgentEvent]:
         return [e for e in self.events
                 if e.user_id == user_id and (after_cursor is None or (e.cursor or "") > after_cursor)][:limit]
+
+    async def checkpoint(self, run_id: str) -> dict[str, Any] | None:
+        return self.checkpoints.get(run_id)
 
     async def last_seq(self, run_id: str) -> int:
         return max((e.seq for e in self.events if e.run_id == run_id), default=0)

@@ -280,6 +280,38 @@ def _tool_call_chunks(plan: _ToolPlan) -> list[ModelChunk]:
             for i, piece in enumerate(pieces or [""])]
 
 
+# "Step by step: 2 + 3; remember that my code is 12; what is my code?": one tool call per part,
+# each in its own model turn, then one answer with every result. A slow multi-step request that
+# fault drills can stop between two steps, and a demo of a run that goes through several tools.
+_STEPS = re.compile(r"^\s*(?:(?:please|ok|okay)[,\s]+)?step by step\s*:\s*(?P<parts>.+)$", re.I | re.S)
+MAX_STEP_PARTS = 6
+
+
+def _step_parts(text: str) -> list[str] | None:
+    match = _STEPS.match(text)
+    if match is None:
+        return None
+    parts = [part.strip() for part in match["parts"].split(";") if part.strip()]
+    return parts[:MAX_STEP_PARTS] or None
+
+
+def _next_step(conversation: Sequence[ChatMessage], available: set[str]) -> _ToolPlan | str | None:
+    """The next part of a step-by-step request, or the answer once every part has its result;
+    None when the last user message is not one."""
+    last_user = max((i for i, m in enumerate(conversation) if m.role == "user"), default=None)
+    if last_user is None or (parts := _step_parts(conversation[last_user].content)) is None:
+        return None
+    done = [m for m in conversation[last_user + 1:] if m.role == "tool"]
+    if len(done) < len(parts):
+        plan = _plan(parts[len(done)], available)
+        if isinstance(plan, _ToolPlan):
+            return _ToolPlan(plan.name, plan.arguments,
+                             f"Step {len(done) + 1} of {len(parts)}: {plan.reasoning}")
+        return f"I can't do step {len(done) + 1} ({parts[len(done)]}) with a tool. {plan}"
+    calls = {call.id: call for m in conversation[last_user + 1:] for call in m.tool_calls}
+    return " ".join(_answer_one(calls.get(m.tool_call_id or ""), m.content) for m in done)
+
+
 def _word_count(text: str) -> int:
     return len(text.split())
 
@@ -300,6 +332,8 @@ class BuiltinChatModel:
     def _decide(self, request: ModelRequest) -> _ToolPlan | str:
         available = {spec.name for spec in request.tools}
         conversation = [m for m in request.messages if m.role != "system"]
+        if (stepped := _next_step(conversation, available)) is not None:
+            return stepped
         if conversation and conversation[-1].role == "tool":
             return _answer_tool_results(request.messages)
         if conversation and conversation[-1].role == "user":

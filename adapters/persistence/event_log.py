@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from adapters.persistence.connection import DATABASE_AWAY, SqlConnection, is_database_outage
 from adapters.persistence.database import Database
-from adapters.persistence.tables import event_log_state, events, messages, runs, threads
+from adapters.persistence.tables import event_log_state, events, messages, run_checkpoints, runs, threads
 from domain.entities import Role, RunStatus
 from domain.errors import CursorExpired, InvalidMessage, LeaseLost, StorageUnavailable
 from domain.events import AgentEvent, EventType, run_end
@@ -183,6 +183,13 @@ class SqlAlchemyEventLog:
             raise CursorExpired("That cursor is older than the events this server keeps; reload the thread.")
         return found
 
+    async def checkpoint(self, run_id: str) -> dict[str, Any] | None:
+        """The run's latest checkpoint as stored with its event (domain/checkpoints.py); None: none."""
+        query = select(run_checkpoints.c.state).where(run_checkpoints.c.run_id == run_id)
+        async with self._db.reading() as conn:
+            state = (await conn.execute(query)).scalar()
+        return None if state is None else json.loads(state)
+
     async def last_seq(self, run_id: str) -> int:
         """The run's highest stored seq, counting every event appended before the call; 0: none."""
         await self.flush()
@@ -227,6 +234,8 @@ class SqlAlchemyEventLog:
             if rows:
                 await self._insert(conn, rows)
                 await _end_runs(conn, [event for event, _, _ in staged if event.type.is_terminal])
+                await _save_checkpoints(conn, [event for event, _, _ in staged
+                                               if event.checkpoint is not None])
             self._stored.extend((event.with_cursor(encode_cursor(row["id"])), future)
                                 for (event, _, future), row in zip(staged, rows, strict=True))
 
@@ -314,6 +323,23 @@ async def _end_runs(conn: SqlConnection, terminal: list[AgentEvent]) -> None:
     if answers:
         await conn.execute(insert(messages), answers)
         await conn.execute(_TOUCH_THREAD, touches)
+
+
+async def _save_checkpoints(conn: SqlConnection, checkpointed: list[AgentEvent]) -> None:
+    """Each run's latest checkpoint of the batch, in the batch's transaction: stored with the event
+    it follows or not at all (a fenced-off writer's checkpoint is refused with its events)."""
+    if not checkpointed:
+        return
+    latest = {event.run_id: event for event in checkpointed}  # in seq order: the last one wins
+    rows = [{"run_id": event.run_id, "format": int(event.checkpoint["format"]), "seq": event.seq,
+             "state": json.dumps(dict(event.checkpoint), ensure_ascii=False, separators=(",", ":")),
+             "updated_at": event.ts}
+            for event in latest.values() if event.checkpoint is not None]
+    upsert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(run_checkpoints)
+    await conn.execute(upsert.on_conflict_do_update(
+        index_elements=[run_checkpoints.c.run_id],
+        set_={"format": upsert.excluded.format, "seq": upsert.excluded.seq,
+              "state": upsert.excluded.state, "updated_at": upsert.excluded.updated_at}), rows)
 
 
 def _report_failure(event_future: asyncio.Future[AgentEvent], staged: asyncio.Future[None]) -> None:

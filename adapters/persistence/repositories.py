@@ -337,13 +337,27 @@ class SqlAlchemyNoteRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, note: Note) -> None:
-        row = {"id": note.id, "user_id": note.user_id, "text": note.text, "created_at": note.created_at}
+    async def add(self, note: Note) -> Note:
+        row = {"id": note.id, "user_id": note.user_id, "text": note.text, "created_at": note.created_at,
+               "key": note.key}
+        if note.key is None:
 
-        async def add_note(tx: Transaction) -> None:
-            tx.stage(_INSERT_NOTE, row, rank=_THREADS)  # references users only
+            async def add_note(tx: Transaction) -> None:
+                tx.stage(_INSERT_NOTE, row, rank=_THREADS)  # references users only
 
-        await self._db.write(add_note)
+            await self._db.write(add_note)
+            return note
+
+        async def add_keyed(tx: Transaction) -> Note:
+            # Keyed: the same tool call run again (a takeover) finds the note it stored the first time.
+            kept = select(notes).where(notes.c.user_id == note.user_id, notes.c.key == note.key)
+            found = (await tx.execute(kept)).first()
+            if found is None:
+                await tx.execute(_INSERT_NOTE, row)
+                return note
+            return Note(**found._mapping)
+
+        return await self._db.write(add_keyed)
 
     async def search(self, user_id: str, query: str, limit: int = 5) -> Sequence[Note]:
         """Notes holding the most of the query's words, newest first; no words: the newest."""

@@ -142,7 +142,22 @@ notes = Table(
     Column("user_id", String(ID), nullable=False),
     Column("text", Text(), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    # The tool call that saved it (0005): the same call run again after a takeover saves nothing.
+    Column("key", String(NAME), nullable=True),
     Index("ix_notes_user_id", "user_id"),
+    Index("uq_notes_user_id_key", "user_id", "key", unique=True),
+)
+
+# A run's latest checkpoint (domain/checkpoints.py), written with the event it follows (0005).
+run_checkpoints = Table(
+    "run_checkpoints",
+    metadata,
+    Column("run_id", String(ID), ForeignKey("runs.id", name="fk_run_checkpoints_run_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("format", Integer(), nullable=False),
+    Column("seq", Integer(), nullable=False),
+    Column("state", Text(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 audit_log = Table(

@@ -27,9 +27,15 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 
 
 class Tool(Protocol):
+    """A tool. `call_key` names the call (the run's id and the model's tool_call_id): a tool with
+    side effects uses it as its idempotency key, so the same call run twice does its work once.
+    A tool may say `idempotent = True` (safe to run again after a takeover); without it, it is not.
+    """
+
     spec: ToolSpec
 
-    async def __call__(self, context: UserExecutionContext, arguments: Mapping[str, Any]) -> Any: ...
+    async def __call__(self, context: UserExecutionContext, arguments: Mapping[str, Any], *,
+                       call_key: str) -> Any: ...
 
 
 class BlockingTool(Protocol):
@@ -37,7 +43,8 @@ class BlockingTool(Protocol):
 
     spec: ToolSpec
 
-    def call_blocking(self, context: UserExecutionContext, arguments: Mapping[str, Any]) -> Any: ...
+    def call_blocking(self, context: UserExecutionContext, arguments: Mapping[str, Any], *,
+                      call_key: str) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +82,11 @@ def parse_arguments(spec: ToolSpec, raw: str) -> dict[str, Any]:
 class ToolBox:
     """The tools of a run: looks them up by name and turns every failure into a result."""
 
-    def __init__(self, tools: Iterable[Tool | BlockingTool], *, timeout_s: float) -> None:
+    def __init__(self, tools: Iterable[Tool | BlockingTool], *, timeout_s: float, pause_s: float) -> None:
         self._tools = {tool.spec.name: tool for tool in tools}
         self._specs = tuple(tool.spec for tool in self._tools.values())
         self._timeout_s = timeout_s
+        self._pause_s = pause_s  # before each call: demos and fault drills (settings tools.pause_ms)
 
     @property
     def specs(self) -> tuple[ToolSpec, ...]:
@@ -87,7 +95,12 @@ class ToolBox:
     def names(self) -> list[str]:
         return list(self._tools)
 
-    async def execute(self, context: UserExecutionContext, name: str, raw_arguments: str) -> ToolResult:
+    def retry_safe(self, name: str) -> bool:
+        """Whether a call of this tool cut off by a dead process may run again (unknown: no)."""
+        return getattr(self._tools.get(name), "idempotent", False) is True
+
+    async def execute(self, context: UserExecutionContext, name: str, raw_arguments: str, *,
+                      call_key: str = "") -> ToolResult:
         started = time.perf_counter()
 
         def elapsed() -> int:
@@ -100,13 +113,16 @@ class ToolBox:
             arguments: Any = parse_arguments(tool.spec, raw_arguments)
         except ToolError as exc:
             return ToolResult(arguments=raw_arguments, error=str(exc), duration_ms=elapsed())
+        if self._pause_s > 0:
+            await asyncio.sleep(self._pause_s)
         try:
             async with asyncio.timeout(self._timeout_s):
                 if hasattr(tool, "call_blocking"):
                     # Off the event loop, so other users' runs keep streaming meanwhile.
-                    result = await asyncio.to_thread(tool.call_blocking, context, arguments)
+                    result = await asyncio.to_thread(tool.call_blocking, context, arguments,
+                                                     call_key=call_key)
                 else:
-                    result = await tool(context, arguments)
+                    result = await tool(context, arguments, call_key=call_key)
         except ToolError as exc:
             return ToolResult(arguments=arguments, error=str(exc), duration_ms=elapsed())
         except TimeoutError:

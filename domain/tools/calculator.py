@@ -150,6 +150,8 @@ def _tidy(value: Number) -> Number:
 class Calculator:
     """Evaluates one arithmetic expression: + - * / // % **, sqrt, abs, round, min, max, pi, e."""
 
+    idempotent = True
+
     spec = ToolSpec(
         name="calculator",
         description=(
@@ -167,7 +169,7 @@ class Calculator:
     )
 
     async def __call__(
-        self, context: UserExecutionContext, arguments: Mapping[str, Any]
+        self, context: UserExecutionContext, arguments: Mapping[str, Any], *, call_key: str = ""
     ) -> dict[str, Any]:
         expression = arguments.get("expression")
         if not isinstance(expression, str):

@@ -42,6 +42,8 @@ def _zone(name: str) -> tuple[str, tzinfo]:
 class CurrentTime:
     """Tells the current date and time, in UTC unless a time zone is given."""
 
+    idempotent = True
+
     spec = ToolSpec(
         name="current_time",
         description="The current date and time, in UTC or in the given IANA time zone.",
@@ -61,7 +63,7 @@ class CurrentTime:
         self._clock = clock
 
     async def __call__(
-        self, context: UserExecutionContext, arguments: Mapping[str, Any]
+        self, context: UserExecutionContext, arguments: Mapping[str, Any], *, call_key: str = ""
     ) -> dict[str, str]:
         requested = arguments.get("timezone") or "UTC"
         if not isinstance(requested, str):

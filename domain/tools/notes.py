@@ -41,7 +41,12 @@ def _spec(name: str, description: str, argument: str, argument_description: str)
 
 
 class SaveNote:
-    """Saves a fact the user asked to be remembered, for that user only."""
+    """Saves a fact the user asked to be remembered, for that user only.
+
+    Idempotent by its call: the same call run again (after a takeover) stores nothing twice.
+    """
+
+    idempotent = True
 
     spec = _spec("save_note", "Remember a fact for the user, to be found later with search_notes.",
                  "text", "The fact to remember, in the user's words.")
@@ -52,17 +57,19 @@ class SaveNote:
         self._clock = clock
 
     async def __call__(
-        self, context: UserExecutionContext, arguments: Mapping[str, Any]
+        self, context: UserExecutionContext, arguments: Mapping[str, Any], *, call_key: str = ""
     ) -> dict[str, Any]:
         text = _text_argument(arguments, "text", MAX_NOTE_CHARS)
         note = Note(id=self._ids.new_id("note"), user_id=context.user_id, text=text,
-                    created_at=self._clock.now())
-        await self._notes.add(note)
-        return {"saved": True, "note_id": note.id, "text": note.text}
+                    created_at=self._clock.now(), key=call_key or None)
+        stored = await self._notes.add(note)
+        return {"saved": True, "note_id": stored.id, "text": stored.text}
 
 
 class SearchNotes:
     """Finds the user's own notes that match a query."""
+
+    idempotent = True
 
     spec = _spec("search_notes", "Search the facts the user asked you to remember.",
                  "query", "Words to look for, e.g. 'locker code'.")
@@ -71,7 +78,7 @@ class SearchNotes:
         self._notes = notes
 
     async def __call__(
-        self, context: UserExecutionContext, arguments: Mapping[str, Any]
+        self, context: UserExecutionContext, arguments: Mapping[str, Any], *, call_key: str = ""
     ) -> dict[str, Any]:
         query = _text_argument(arguments, "query", MAX_QUERY_CHARS)
         found = await self._notes.search(context.user_id, query, limit=SEARCH_LIMIT)

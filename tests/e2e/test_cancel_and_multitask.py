@@ -28,7 +28,8 @@ STORY = "tell me a story"
 class SlowCalculator(Calculator):
     """The real calculator, three seconds late: long enough to press stop mid-tool."""
 
-    async def __call__(self, context: UserExecutionContext, arguments: Mapping[str, Any]) -> Any:
+    async def __call__(self, context: UserExecutionContext, arguments: Mapping[str, Any], *,
+                       call_key: str) -> Any:
         await asyncio.sleep(3)
         return await super().__call__(context, arguments)
 

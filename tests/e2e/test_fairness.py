@@ -1,8 +1,9 @@
 """Fair under abuse: normal users keep their latency beside hostile sockets, and memory comes back.
 
 A real server process (SQLite, the builtin model, every limit at its default for every user),
-normal users chatting at a person's pace in this process, and each kind of hostile socket from bench/hostile.py in a process of its own, one
-kind after the other and then all at once (bench/fairness.py `measure`, shorter than the bench).
+normal users chatting at a person's pace in this process, and each kind of hostile socket from
+bench/hostile.py in a process of its own, one kind after the other and then all at once
+(bench/fairness.py `measure`, shorter than the bench).
 The issue's target is p99 beside them at most 1.5x of alone; on a busy two-core machine the
 server, the normal users and the hostile process share the cores, so this asserts a looser bound
 and docs/performance.md ("Fair under abuse") has the measured figures and the command.

@@ -46,7 +46,8 @@ class ExplodingTool:
     spec = ToolSpec(name="calculator", description="always fails",
                     parameters={"type": "object", "properties": {"expression": {"type": "string"}}})
 
-    async def __call__(self, context: UserExecutionContext, arguments: Mapping[str, Any]) -> Any:
+    async def __call__(self, context: UserExecutionContext, arguments: Mapping[str, Any], *,
+                       call_key: str) -> Any:
         raise RuntimeError("disk on fire")
 
 
@@ -56,7 +57,8 @@ class BurnCpu:
     spec = ToolSpec(name="calculator", description="slow",
                     parameters={"type": "object", "properties": {"expression": {"type": "string"}}})
 
-    def call_blocking(self, context: UserExecutionContext, arguments: Mapping[str, Any]) -> Any:
+    def call_blocking(self, context: UserExecutionContext, arguments: Mapping[str, Any], *,
+                      call_key: str) -> Any:
         deadline, n = time.monotonic() + 2.0, 0
         while time.monotonic() < deadline:
             n += 1

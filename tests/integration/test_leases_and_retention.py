@@ -330,7 +330,7 @@ async def test_migration_0002_upgrades_and_downgrades(database: Database) -> Non
 
     await migrate_to(database, command.upgrade, "head")
     after = await schema(database)
-    assert after["tables"] == before["tables"] | {"event_log_state"}
+    assert after["tables"] == before["tables"] | {"event_log_state", "run_checkpoints"}
     assert after["runs"] == [*before["runs"], "owner", "lease_expires_at", "lease_epoch"]
     assert after["indexes"] - before["indexes"] == {
         "ix_runs_status_lease_expires_at", "ix_events_ts", "ix_events_thread_id"}

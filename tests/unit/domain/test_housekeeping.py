@@ -18,10 +18,15 @@ from tests.helpers import eventually
 from tests.unit.conftest import Fakes
 
 
-async def started(container: Container):
+async def started(container: Container, *, max_takeovers: int = 0):
+    """The container's housekeeper; by default one that ends every run it takes over (the runs
+    here are made by hand, with no thread or message to resume from: test_durable_runs resumes)."""
+    settings = container.settings()
+    container.settings.override(providers.Object(settings.model_copy(update={
+        "runs": settings.runs.model_copy(update={"max_takeovers": max_takeovers})})))
     container.chat_model.override(providers.Object(ScriptedModel(answer("fine"))))
     await container.bridge().start()
-    return container.housekeeper()
+    return await container.housekeeper()
 
 
 def run(fakes: Fakes, run_id: str, *, owner: str, lease_in_s: float,

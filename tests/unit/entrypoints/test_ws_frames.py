@@ -6,11 +6,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from container.settings import SecuritySettings
 from domain.chat import Submission
 from domain.entities import Run, RunStatus
 from domain.errors import NotFound, StorageUnavailable
 from domain.lanes import Multitask
 from entrypoints.ws_frames import FrameDispatcher
+from entrypoints.ws_limits import user_budget
 
 
 class FakeChat:
@@ -46,6 +48,7 @@ class RecordingConnection:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self.closed = False
+        self.budget = user_budget(SecuritySettings())
 
     def send_json(self, frame: dict[str, Any]) -> None:
         self.sent.append(frame)

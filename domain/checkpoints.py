@@ -1,0 +1,106 @@
+"""A run's state between two steps, stored with the step's event so another process can go on.
+
+A checkpoint is taken after each step of the agent loop: when a tool starts (the model's turn
+that asked for it is done), and when a tool ends (its result is in the conversation). It holds
+the conversation so far, the step's tool calls still to run (and which one was running), the
+step count, the answer so far, the usage and the seq it covers. Text a model streams within a
+step is not checkpointed: a run taken over mid-step asks the model that step again.
+
+The stored form is JSON with a format number. A release reads every format it ever wrote
+(`restore`): FORMAT 1 is this one, and tests/fixtures/checkpoint_v1.json pins it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from domain.llm import ChatMessage, ToolCall, Usage
+
+FORMAT = 1
+
+
+class CheckpointUnreadable(Exception):
+    """A checkpoint of a format this release cannot read (written by a newer one), or damaged."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    """What a process taking a run over goes on from: its checkpoint (None: from the start),
+    the last seq stored, and which takeover this is (1 for the first)."""
+
+    state: Mapping[str, Any] | None
+    last_seq: int
+    attempt: int
+
+    @property
+    def from_seq(self) -> int:
+        """The last event the run's state covers: everything after it comes again."""
+        return int(self.state["seq"]) if self.state is not None else 0
+
+
+def _call(call: ToolCall) -> dict[str, str]:
+    return {"id": call.id, "name": call.name, "arguments": call.arguments}
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    data: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        data["tool_calls"] = [_call(call) for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        data["tool_call_id"] = message.tool_call_id
+    return data
+
+
+def capture(*, seq: int, conversation: list[ChatMessage], tool_calls: list[ToolCall], steps: int,
+            answer: list[str], usage: Usage, pending: list[ToolCall],
+            in_flight: str | None) -> dict[str, Any]:
+    """The state as stored (JSON-ready), covering the run's events up to `seq`."""
+    return {
+        "format": FORMAT,
+        "seq": seq,
+        "conversation": [_message(message) for message in conversation],
+        "tool_calls": [_call(call) for call in tool_calls],
+        "steps": steps,
+        "answer": list(answer),
+        "usage": {"model_calls": usage.model_calls, "prompt_tokens": usage.prompt_tokens,
+                  "completion_tokens": usage.completion_tokens, "tool_calls": usage.tool_calls},
+        "pending": [_call(call) for call in pending],
+        "in_flight": in_flight,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    conversation: list[ChatMessage]
+    tool_calls: list[ToolCall]
+    steps: int
+    answer: list[str]
+    usage: Usage
+    pending: list[ToolCall]
+    in_flight: str | None
+
+
+def restore(data: Mapping[str, Any]) -> Restored:
+    """The state of a stored checkpoint, of any format this release knows."""
+    version = data.get("format")
+    if version != FORMAT:
+        raise CheckpointUnreadable(f"checkpoint format {version!r}; this release reads {FORMAT}")
+    try:
+        usage = data["usage"]
+        return Restored(
+            conversation=[ChatMessage(role=m["role"], content=m.get("content", ""),
+                                      tool_calls=tuple(ToolCall(**c) for c in m.get("tool_calls", ())),
+                                      tool_call_id=m.get("tool_call_id"))
+                          for m in data["conversation"]],
+            tool_calls=[ToolCall(**call) for call in data["tool_calls"]],
+            steps=int(data["steps"]),
+            answer=[str(piece) for piece in data["answer"]],
+            usage=Usage(model_calls=usage["model_calls"], prompt_tokens=usage["prompt_tokens"],
+                        completion_tokens=usage["completion_tokens"], tool_calls=usage["tool_calls"]),
+            pending=[ToolCall(**call) for call in data["pending"]],
+            in_flight=data["in_flight"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointUnreadable(f"checkpoint damaged: {exc!r}") from None
