@@ -72,7 +72,8 @@ def assert_no_secrets(log: str, *secret_values: str) -> None:
 
 
 async def test_sigkill_mid_run_then_restart_ends_orphans_as_interrupted(procs: ProcessHarness) -> None:
-    env = procs.env(MODEL__BUILTIN_DELAY_MS=200, RUNS__LEASE_TTL_S=1)
+    # With takeovers off (runs.max_takeovers 0): tests/e2e/test_durable_runs.py has them on.
+    env = procs.env(MODEL__BUILTIN_DELAY_MS=200, RUNS__LEASE_TTL_S=1, RUNS__MAX_TAKEOVERS=0)
     first = await procs.start_ready(env)
     user = await register(first.server)
     seen: list[Frame] = []

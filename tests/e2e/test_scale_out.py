@@ -177,7 +177,8 @@ async def test_a_hundred_users_over_two_processes_each_get_only_their_own(
 
 async def test_sigkill_of_the_owner_ends_its_run_interrupted_through_the_other_process(
         procs: ProcessHarness, tmp_path: Path) -> None:
-    async with cluster(procs, tmp_path, MODEL__BUILTIN_DELAY_MS=LONG_DELAY_MS) as c:
+    # With takeovers off (runs.max_takeovers 0): test_durable_runs has them on.
+    async with cluster(procs, tmp_path, MODEL__BUILTIN_DELAY_MS=LONG_DELAY_MS, RUNS__MAX_TAKEOVERS=0) as c:
         user = await register(c.a.server)
         watched: list[Frame] = []
         async with contextlib.AsyncExitStack() as stack:
