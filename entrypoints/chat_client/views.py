@@ -80,7 +80,7 @@ class HumanView:
         self._prompt: str | None = None  # shown and waiting for a line
         self._streamed = False
         self._handlers = {
-            "ack": self._on_ack, "agent_thinking": self._on_thinking,
+            "ack": self._on_ack, "run_resumed": self._on_resumed, "agent_thinking": self._on_thinking,
             "tool_executing": self._on_tool_executing, "tool_completed": self._on_tool_completed,
             "agent_message_delta": self._on_delta, "agent_completed": self._on_completed,
             "agent_error": self._on_agent_error, "agent_cancelled": self._on_cancelled,
@@ -128,6 +128,15 @@ class HumanView:
     def _on_ack(self, frame: Frame, data: Frame) -> None:
         if frame.get("status") == "queued":
             self._wait("queued behind this thread's current run…")
+
+    def _on_resumed(self, frame: Frame, data: Frame) -> None:
+        # What streamed after the checkpoint comes again: say so, and start the answer over
+        # from the checkpoint's text (a terminal cannot take printed text back).
+        self.end()
+        self._line("(the server was restarted; picking up where it left off)")
+        self._streamed = False
+        if text := str(data.get("text") or ""):
+            self._stream(text)
 
     def _on_thinking(self, frame: Frame, data: Frame) -> None:
         text = str(data.get("text") or "")

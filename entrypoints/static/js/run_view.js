@@ -92,6 +92,9 @@ export class RunView {
         this.setStatus("running");
         this.setWaiting("Thinking…");
         break;
+      case "run_resumed":
+        this.resumed(data);
+        break;
       case "agent_thinking":
         this.setStatus("running");
         this.thinking(typeof data.text === "string" ? data.text : "");
@@ -138,6 +141,8 @@ export class RunView {
     const id = data.tool_call_id || `tool_${this.tools.size + 1}`;
     const name = typeof data.tool === "string" && data.tool ? data.tool : "tool";
     const entry = toolCard(id, name, data.arguments);
+    // The same call again: it was cut off by a server that stopped and runs again; one card.
+    this.tools.get(id)?.card.remove();
     this.tools.set(id, entry);
     this.stepsEl.append(entry.card);
     return entry;
@@ -159,6 +164,15 @@ export class RunView {
     let shown = failed ? data.error : data.result;
     if (failed && shown && typeof shown === "object" && typeof shown.message === "string") shown = shown.message;
     entry.card.append(toolOutcome(failed, shown));
+  }
+
+  /** Another server process took the run over: what the cut-off step streamed is superseded. */
+  resumed(data) {
+    this.setStatus("running");
+    this.answerText = typeof data.text === "string" ? data.text : "";
+    this.answerEl.textContent = this.answerText;
+    this.answerEl.hidden = !this.answerText;
+    this.stepsEl.append(thinkingStep("The server running this was restarted; picking up where it left off"));
   }
 
   delta(text) {
