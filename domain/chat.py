@@ -201,12 +201,13 @@ class ChatService:
                                        request_id=request_id, created_at=self._clock.now(),
                                        lease_epoch=run.lease_epoch)
         try:
+            resumption = None
             try:
                 resumption = await self._resumption(run) if taken_over else None
                 async with self._factory.user_execution_scope(context, resumption) as engine:
                     await self._drive(engine, run, resumption)
             except LimitExceeded as exc:
-                await self._factory.reject_run(context, exc)
+                await self._factory.reject_run(context, exc, resumption)
                 self._registry.ended(run, RunStatus.FAILED, exc.code)
         except LeaseLost:
             log.warning("run %s was taken over by another process; it stopped here", run.id)

@@ -169,10 +169,13 @@ class ExecutionEngineFactory:
         return RunEventEmitter(context, self._bridge.publish, self._clock, after_seq=after_seq,
                                epoch=context.lease_epoch)
 
-    async def reject_run(self, context: UserExecutionContext, error: LimitExceeded) -> None:
-        """A run refused before it had an engine still gets its first and terminal events."""
-        emitter = self.emitter_for(context)
-        await emitter.emit(AgentStarted(self._model.name))
+    async def reject_run(self, context: UserExecutionContext, error: LimitExceeded,
+                         resumption: Resumption | None = None) -> None:
+        """A run refused before it had an engine still gets its first and terminal events (a run
+        taken over: its terminal event, after those it has)."""
+        emitter = self.emitter_for(context, after_seq=resumption.last_seq if resumption else 0)
+        if emitter.last_seq == 0:
+            await emitter.emit(AgentStarted(self._model.name))
         await emitter.emit(AgentError(code=error.code, message=error.message))
 
     async def sweep(self) -> int:
