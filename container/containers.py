@@ -215,7 +215,7 @@ class Container(containers.DeclarativeContainer):
         ToolBox,
         tools=providers.Callable(make_builtin_tools, notes=notes, ids=ids, clock=clock),
         timeout_s=settings.provided.limits.tool_timeout_s,
-        pause_s=providers.Callable(lambda ms: ms / 1000, settings.provided.tools.pause_ms),
+        pause_s=settings.provided.tools.pause_s,
     )
     bridge = providers.Singleton(AgentWebSocketBridge, event_log=event_log, bus=event_bus)
     engine_factory = providers.Singleton(

@@ -101,6 +101,10 @@ class ToolsSettings(BaseModel):
     pause_ms: float = Field(0.0, ge=0, le=60_000, description="a pause before each tool call runs: "
                             "for demos and fault drills (a process killed while a tool runs)")
 
+    @property
+    def pause_s(self) -> float:
+        return self.pause_ms / 1000
+
 
 class SecuritySettings(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list, description="extra browser origins "

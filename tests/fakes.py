@@ -32,7 +32,7 @@ def engine_limits(**changes: float) -> EngineLimits:
 def toolbox(tools: Iterable[Tool | BlockingTool] = ()) -> ToolBox:
     """A toolbox with the settings' default tool timeout."""
     settings = Settings.model_construct()
-    return ToolBox(tools, timeout_s=settings.limits.tool_timeout_s, pause_s=settings.tools.pause_ms / 1000)
+    return ToolBox(tools, timeout_s=settings.limits.tool_timeout_s, pause_s=settings.tools.pause_s)
 
 
 class FixedClock:

@@ -21,7 +21,8 @@ def replace_calculator(tool: Any) -> Callable[[Container], None]:
     def override(container: Container) -> None:
         container.toolbox.override(providers.Singleton(
             ToolBox, tools=providers.Callable(tools, container.notes, container.ids, container.clock),
-            timeout_s=container.settings.provided.limits.tool_timeout_s))
+            timeout_s=container.settings.provided.limits.tool_timeout_s,
+            pause_s=container.settings.provided.tools.pause_s))
 
     return override
 
