@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,25 @@ from adapters.close_codes import CloseCode
 from adapters.event_bus import Envelope
 from adapters.follow import LiveQueue, Position, ReadStored, follow
 
+# A paused socket looks this often whether its connection is gone.
+PAUSE_SLICE_S = 0.25
+# Linux TCP states (tcp_states.h): the peer sent its FIN, or the connection is gone.
+_TCP_HUNG_UP = frozenset({7, 8})  # TCP_CLOSE, TCP_CLOSE_WAIT
+
+
+def peer_hung_up(transport: asyncio.BaseTransport) -> bool:
+    """The client closed its end, told by the kernel, not by a read.
+
+    A socket paused for its budget is not read, so asyncio never sees its EOF: a flooder that
+    hung up in debt looked connected for as long as the debt lasted. Linux only; elsewhere False.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] in _TCP_HUNG_UP
+    except OSError:
+        return True  # a socket the kernel no longer has
 
 class SocketConnection:
     """Frames wait in a queue bounded in frames and bytes; a client too slow to drain it is closed with 4408.
@@ -44,6 +64,8 @@ class SocketConnection:
         self._taken = asyncio.Event()  # the writer took a frame: a waiting replay may find room
         self._stall_s = stall_s
         self._writer: asyncio.Task[None] | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._sending_since: float | None = None  # loop time the send under way began
         self._closing = False
         self._held: LiveQueue | None = None
         self._first_frame_pending = False
@@ -67,7 +89,24 @@ class SocketConnection:
         aiohttp hands out the frames a connection had buffered after it closed; a flooder that
         hangs up would otherwise have each of them answered (a resume: a replay) for nobody.
         """
-        return self._closing or (self._transport is not None and self._transport.is_closing())
+        transport = self._transport
+        if self._closing or transport is None:
+            return self._closing
+        return transport.is_closing() or peer_hung_up(transport)
+
+    async def pause(self, seconds: float) -> None:
+        """Wait `seconds` (a budget's debt), but no longer than the connection lives.
+
+        A flooder that hangs up in debt would otherwise keep its handler, its buffered frames and
+        its socket's objects for the whole debt: 20 garbage senders left ~11 MiB behind them.
+        """
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        # Polled: a hang-up of a socket not being read is known only by asking the kernel.
+        while not self.gone and (left := until - loop.time()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(min(left, PAUSE_SLICE_S))
+        if seconds <= 0:
+            await asyncio.sleep(0)  # always yields: frames already buffered never hold the loop
 
     @property
     def high_cursor(self) -> str | None:
@@ -75,6 +114,20 @@ class SocketConnection:
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer:{self.connection_id}")
+        self._watch = asyncio.get_running_loop().call_later(self._stall_s / 4, self._watch_writer)
+
+    def _watch_writer(self) -> None:
+        """A send that has not returned for `stall_s` (the client's TCP window stayed shut) closes
+        the socket. A watchdog a few times per `stall_s`, not a timer per frame: arming one per
+        send cost ~10% of a replay's time (py-spy, docs/performance.md "Fair under abuse")."""
+        if self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        since = self._sending_since
+        if since is not None and loop.time() - since >= self._stall_s:
+            self._too_slow(f"took no frame for {self._stall_s:g} s")
+            return
+        self._watch = loop.call_later(self._stall_s / 4, self._watch_writer)
 
     # -- frames -------------------------------------------------------------------------------
 
@@ -169,7 +222,7 @@ class SocketConnection:
         async def charged(position: Position) -> Sequence[Envelope]:
             # Each read is charged as it is made (what a page costs is reading and encoding it,
             # sent or not): a user in debt waits before the next page, not the others.
-            await asyncio.sleep(self.budget.wait_s())
+            await self.pause(self.budget.wait_s())
             if self.gone:
                 return ()
             page = await read(position)
@@ -247,26 +300,28 @@ class SocketConnection:
             pass
 
     def _forget_queued(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         self._queue = asyncio.Queue(self._queue.maxsize)
         self._queued_bytes = 0
 
     async def _write(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             frame = await self._queue.get()
             if frame is None:
                 return
             self._queued_bytes -= len(frame)
             self._taken.set()
+            self._sending_since = loop.time()  # a send that outlasts stall_s is cut (_watch_writer)
             try:
-                async with asyncio.timeout(self._stall_s):
-                    await self.ws.send_str(frame)
-            except TimeoutError:
-                self._too_slow(f"took no frame for {self._stall_s:g} s")
-                return
+                await self.ws.send_str(frame)
             except (ConnectionError, RuntimeError):
                 self._closing = True
                 self._taken.set()
                 return
+            finally:
+                self._sending_since = None
             self.sent += 1
 
     async def close(self, code: int = 1000, message: str = "") -> None:

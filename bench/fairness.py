@@ -38,6 +38,9 @@ SERVER_ENV = {
     "GOLDENPATH_LIMITS__MAX_PENDING_RUNS_PER_USER": "16",
 }
 CLOSED_LOOP_ENV = {"GOLDENPATH_SECURITY__MESSAGES_PER_MINUTE": "1000000"}
+# Each kind with `--sockets` sockets; "all": `--sockets` in all, split over the kinds (the issue's
+# "20 hostile sockets", all kinds together); "all-x4": `--sockets` of each kind at once.
+PHASES = (*KINDS, "all", "all-x4")
 
 
 @dataclass
@@ -123,6 +126,16 @@ class _Cpu:
         return {k: round((now[k] - self.start[k]) / wall, 2) for k in now}
 
 
+def _hostiles(url: str, phase: str, sockets: int) -> list[Hostile]:
+    match phase:
+        case "all":
+            return [Hostile(url, kind, max(1, sockets // len(KINDS))) for kind in KINDS]
+        case "all-x4":
+            return [Hostile(url, kind, sockets) for kind in KINDS]
+        case kind:
+            return [Hostile(url, kind, sockets)]
+
+
 async def _rss_during(pid: int, seconds: float) -> float:
     """The highest RSS (MiB) sampled every 0.2 s for `seconds`."""
     top, deadline = 0.0, time.monotonic() + seconds
@@ -145,7 +158,7 @@ async def _settled_rss(pid: int, longest: float) -> float:
 
 
 async def measure(url: str, pid: int, *, users: int, sockets: int, phase_s: float, quiet_s: float,
-                  pace_s: float, kinds: tuple[str, ...] = (*KINDS, "all")) -> dict:
+                  pace_s: float, kinds: tuple[str, ...] = PHASES) -> dict:
     """Normal users alone, then beside each kind of hostile socket (and all at once); a row per phase."""
     normal = NormalUsers(url, users, pace_s)
     load = asyncio.create_task(normal.run())
@@ -163,7 +176,7 @@ async def measure(url: str, pid: int, *, users: int, sockets: int, phase_s: floa
         rows = [{"phase": "alone", "p99_s": alone, "runs": n, "rss_during": rss_kib(pid) / 1024,
                  "cpu": cpu.share(())}]
         for kind in kinds:
-            hostiles = [Hostile(url, each, sockets) for each in (KINDS if kind == "all" else (kind,))]
+            hostiles = _hostiles(url, kind, sockets)
             await asyncio.gather(*(h.start() for h in hostiles))
             start, cpu = time.monotonic(), _Cpu(pid, hostiles)
             rss_during = await _rss_during(pid, phase_s)
@@ -220,7 +233,7 @@ def main() -> None:
     parser.add_argument("--phase", type=float, default=20.0)
     parser.add_argument("--pace", type=float, default=2.5, help="s between a user's messages; 0: closed loop")
     parser.add_argument("--quiet", type=float, default=5.0)
-    parser.add_argument("--kinds", default=",".join((*KINDS, "all")))
+    parser.add_argument("--kinds", default=",".join(PHASES))
     parser.add_argument("--delay-ms", default="15", help="the builtin model's pause between pieces")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="goldenpath-fairness-"))

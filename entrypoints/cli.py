@@ -49,6 +49,8 @@ async def _with_resources(container: Container, work: Callable[[Container], Awai
 
 
 def serve(args: argparse.Namespace) -> int:
+    from adapters.memory import return_large_buffers
+
     container = _container()
     settings = container.settings()
     host = args.host or settings.server.host
@@ -60,6 +62,7 @@ def serve(args: argparse.Namespace) -> int:
 
         logger.warning("development settings on {}, reachable from other machines: set "
                        "GOLDENPATH_ENV=production (and what it asks for) before exposing it", host)
+    return_large_buffers()
     return asyncio.run(_serve(container, host, port))
 
 

@@ -122,8 +122,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     connection.send_json({"type": "error", "code": "invalid_message",
                                           "message": "Send frames as JSON text, not binary."})
                 connection.first_frame_handled()
-                # Always yields: frames a socket already buffered never hold the event loop in one go.
-                await asyncio.sleep(max(throttle.charge(1), connection.budget.wait_s()))
+                await connection.pause(max(throttle.charge(1), connection.budget.wait_s()))
         except asyncio.CancelledError:
             raise
         except Exception:
