@@ -12,17 +12,19 @@ and docs/performance.md ("Fair under abuse") has the measured figures and the co
 from __future__ import annotations
 
 from bench.fairness import SERVER_ENV, measure
+from bench.hostile import KINDS
 from tests.e2e.processes import (
     ProcessHarness,
     procs_fixture,  # noqa: F401
 )
 
 USERS, SOCKETS, PHASE_S, QUIET_S, PACE_S = 30, 20, 6.0, 1.5, 2.0
-# Measured 1.45x to 3.2x on a quiet machine (docs/performance.md): the 1.5x target is not met for
-# every kind yet, so this bound catches a return of the unbounded costs (17.8x when a closed
-# flooder's buffered resumes were each replayed for nobody).
-P99_BOUND = 8.0
-RSS_MARGIN = 0.4  # measured +33-36% across all phases (106 -> 145 MiB), +63% before the budgets
+# Measured 1.0x to 1.4x per kind and 1.1x for all kinds at once on a quiet machine, 1.7x for 80
+# sockets (docs/performance.md); the suite runs on a busy two-core machine where the hostile
+# process takes CPU from the server, so this bound catches a return of the unbounded costs
+# (17.8x when a closed flooder's buffered resumes were each replayed for nobody).
+P99_BOUND = 6.0  # beside stress-ng --cpu 2: 1.1x to 3.6x
+RSS_MARGIN = 0.4  # measured +16-23% across all phases (107 -> 133 MiB), +63% before the budgets
 STALL_S = 1.0  # the server's WS_SEND_STALL_S here
 
 
@@ -31,7 +33,7 @@ async def test_hostile_sockets_cost_their_own_users_not_the_others(procs: Proces
                     SERVER__WS_SEND_STALL_S=STALL_S, LOG__LEVEL="WARNING")
     server = await procs.start_ready(env)
     result = await measure(server.base_url, server.pid, users=USERS, sockets=SOCKETS, phase_s=PHASE_S,
-                           quiet_s=QUIET_S, pace_s=PACE_S)
+                           quiet_s=QUIET_S, pace_s=PACE_S, kinds=(*KINDS, "all"))
 
     assert not result["failed"], result["failed"]
     rows = {row["phase"]: row for row in result["rows"]}
