@@ -177,3 +177,17 @@ def test_a_checkpoint_this_release_cannot_read_says_so() -> None:
         restore({**json.loads(FIXTURE.read_text()), "format": 99})
     with pytest.raises(CheckpointUnreadable, match="damaged"):
         restore({"format": 1, "seq": 3})
+
+
+async def test_a_resumed_run_is_cancelled_like_any_other(fake_container: Container, fakes: Fakes) -> None:
+    made = Count()
+    chat, housekeeper = await started(fake_container, ScriptedModel(hang=True), made)
+    _, context, call, checkpoint = a_run_cut_off_mid_tool(fakes, "count")
+    await emit_before_death(fake_container, context, call, checkpoint)
+    await housekeeper.recover_orphans()
+    await eventually(lambda: "tool_completed" in fakes.events.types("run_a"), what="the re-run tool")
+    await chat.cancel("usr_a", run_id="run_a")
+    await chat.wait("usr_a", "run_a")
+    assert fakes.events.types("run_a")[-1] == "agent_cancelled"
+    assert fakes.runs.runs["run_a"].status is RunStatus.CANCELLED
+    assert fake_container.run_registry().pending("usr_a") == 0  # the user's count is back
