@@ -38,8 +38,8 @@ KILLED_AT_EVERY_STEP = "Step by step: 1 + 1; 2 + 2; 3 + 3; 4 + 4; 5 + 5; 6 + 6"
 
 def durable_env(procs: ProcessHarness, **settings: Any) -> dict[str, str]:
     # A stable instance name: the restart takes back its predecessor's runs at boot.
-    return procs.env(SERVER__INSTANCE_ID="durable-1", MODEL__BUILTIN_DELAY_MS=120, TOOLS__PAUSE_MS=2000,
-                     RUNS__LEASE_TTL_S=2, **settings)
+    return procs.env(**{"SERVER__INSTANCE_ID": "durable-1", "MODEL__BUILTIN_DELAY_MS": 120,
+                        "TOOLS__PAUSE_MS": 2000, "RUNS__LEASE_TTL_S": 2, **settings})
 
 
 async def read_into(ws: Any, into: list[Frame], done, timeout: float = 60) -> None:
@@ -80,7 +80,9 @@ async def kill(process: ServerProcess) -> None:
 
 async def test_sigkill_mid_tool_and_mid_stream_then_restart_every_run_completes(
         procs: ProcessHarness, tmp_path: Path) -> None:
-    env = durable_env(procs)
+    # The story streams ~6.4 s at 200 ms a piece; the kill comes ~3.6 s in (two model turns and a
+    # held tool): the story is mid-stream at the kill however slow the machine is.
+    env = durable_env(procs, MODEL__BUILTIN_DELAY_MS=200)
     first = await procs.start_ready(env)
     alice, bob = await register(first.server), await register(first.server)
     seen: dict[str, list[Frame]] = {"alice": [], "bob": []}
@@ -167,7 +169,7 @@ async def test_a_run_killed_past_max_takeovers_ends_interrupted(procs: ProcessHa
 
 async def test_two_processes_fifty_users_sigkill_one_every_run_completes_on_the_other(
         procs: ProcessHarness, tmp_path: Path) -> None:
-    async with cluster(procs, tmp_path, MODEL__BUILTIN_DELAY_MS=120, TOOLS__PAUSE_MS=1000) as c:
+    async with cluster(procs, tmp_path, MODEL__BUILTIN_DELAY_MS=120, TOOLS__PAUSE_MS=2000) as c:
         users = await asyncio.gather(*(register(c.a.server) for _ in range(50)))
         sockets = [await connected(on(user, c.a if i % 2 else c.b)) for i, user in enumerate(users)]
         frames: list[list[Frame]] = [[] for _ in users]
@@ -189,6 +191,11 @@ async def test_two_processes_fifty_users_sigkill_one_every_run_completes_on_the_
                     sockets[i] = await on(users[i], c.a).connect()
                     await until_ready(sockets[i])
                     await sockets[i].send(json.dumps({"type": "resume", "cursor": last["cursor"]}))
+            # B's runs (its users' sockets were on B) not ended when it died, as far as anyone saw
+            # before it died: the ones to resume. On a slow machine the first may end before the
+            # last starts; nearly all are cut off.
+            cut_off = sum(1 for i in range(0, 50, 2) if not any(f["type"] in TERMINAL for f in frames[i]))
+            assert cut_off >= 20, cut_off
             run_ids = [next(f["run_id"] for f in frames[i] if f["type"] == "ack") for i in range(50)]
             await asyncio.gather(*(read_into(ws, frames[i], lambda i=i: any(
                 end_of(run_ids[i])(f) for f in frames[i]), timeout=120) for i, ws in enumerate(sockets)))
@@ -202,11 +209,13 @@ async def test_two_processes_fifty_users_sigkill_one_every_run_completes_on_the_
             resumed += marks
             assert one_continuous_stream(events, resumed=marks) == STEPS_ANSWER.format(n=1000 + i)
             assert not [f for f in frames[i] if f.get("run_id") not in (None, run_ids[i])]  # own only
-        assert resumed == 25, resumed  # B's runs, each once
+        # B's runs it died with, each resumed once (a run whose end was stored but not yet sent
+        # when B died is not resumed: its end comes on resume).
+        assert 20 <= resumed <= cut_off, (resumed, cut_off)
         async with aiohttp.ClientSession() as session, session.get(f"{c.a.base_url}/metrics") as response:
             metrics = await response.text()
-        assert 'goldenpath_run_takeovers_total{outcome="resumed"} 25.0' in metrics
-        assert "goldenpath_runs_resumed_total 25.0" in metrics
+        assert f'goldenpath_run_takeovers_total{{outcome="resumed"}} {resumed}.0' in metrics
+        assert f"goldenpath_runs_resumed_total {resumed}.0" in metrics
         database = c.a.env["GOLDENPATH_DATABASE__URL"].replace("postgresql+asyncpg", "postgresql")
         db = await asyncpg.connect(database)
         try:
