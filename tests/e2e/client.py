@@ -48,7 +48,11 @@ class User:
             return response.status, (json.loads(body) if body else None)
 
     def connect(self) -> Any:
-        return websockets.connect(self.server.ws_url, additional_headers=self.auth,
+        # No keepalive pings of our own (the server sends its heartbeat): websockets draws their
+        # payload from the global `random`, and a draw on another thread while hypothesis
+        # generates an example (test_fuzz_frames) made hypothesis warn, once the test outlasted
+        # the 20 s ping interval on a busy machine.
+        return websockets.connect(self.server.ws_url, additional_headers=self.auth, ping_interval=None,
                                   max_size=2**22, open_timeout=10, max_queue=None)
 
 
