@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from domain.agent import RunState, run_agent
-from domain.checkpoints import Resumption, restore
+from domain.checkpoints import CheckpointUnreadable, Resumption, restore
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.entities import RunStatus
@@ -99,7 +99,13 @@ class UserExecutionEngine:
             raise RuntimeError("an engine runs exactly once")
         self._started = True
         started = time.perf_counter()
-        await self._begin(history)
+        try:
+            await self._begin(history)
+        except CheckpointUnreadable as exc:
+            log.error("run %s cannot go on: %s; it ends as interrupted", self._context.run_id, exc)
+            return self._ended(RunStatus.FAILED, started, code="interrupted",
+                               message="The server running this request stopped before it finished; "
+                                       "please send your message again.")
         if self._cancel_reason is not None:
             return RunOutcome(RunStatus.CANCELLED, cancel_reason=self._cancel_reason)
         self._task = asyncio.create_task(

@@ -191,3 +191,17 @@ async def test_a_resumed_run_is_cancelled_like_any_other(fake_container: Contain
     assert fakes.events.types("run_a")[-1] == "agent_cancelled"
     assert fakes.runs.runs["run_a"].status is RunStatus.CANCELLED
     assert fake_container.run_registry().pending("usr_a") == 0  # the user's count is back
+
+
+async def test_a_checkpoint_that_cannot_be_read_ends_the_run_interrupted(fake_container: Container,
+                                                                        fakes: Fakes) -> None:
+    made = Count()
+    chat, housekeeper = await started(fake_container, ScriptedModel(answer("never")), made)
+    _, context, call, checkpoint = a_run_cut_off_mid_tool(fakes, "count")
+    await emit_before_death(fake_container, context, call, {**checkpoint, "format": 99})
+    await housekeeper.recover_orphans()
+    await chat.wait("usr_a", "run_a")
+    events = [e for e in fakes.events.events if e.run_id == "run_a"]
+    assert [e.seq for e in events] == [1, 2, 3] and events[-1].type.value == "agent_error"
+    assert events[-1].data["code"] == "interrupted" and made.calls == []
+    assert fakes.runs.runs["run_a"].status is RunStatus.FAILED
