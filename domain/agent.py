@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from domain.checkpoints import Restored, capture
+from domain.checkpoints import RunState
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.errors import ModelError
@@ -21,7 +21,6 @@ from domain.llm import (
     TextDelta,
     ToolCall,
     ToolCallDelta,
-    Usage,
     UsageReport,
 )
 from domain.ports import ChatModel
@@ -41,30 +40,6 @@ STEP_BREAK = "\n\n"
 INTERRUPTED_TOOL = "interrupted"
 INTERRUPTED_TOOL_MESSAGE = ("interrupted: the server running this tool stopped before it answered, "
                             "and it was not run again because running it twice may not be safe")
-
-
-@dataclass(slots=True)
-class RunState:
-    """Everything one run accumulates; owned by exactly one engine."""
-
-    conversation: list[ChatMessage] = field(default_factory=list)
-    tool_calls: list[ToolCall] = field(default_factory=list)
-    steps: int = 0
-    answer: list[str] = field(default_factory=list)  # joined with "": breaks are pieces too
-    usage: Usage = field(default_factory=Usage)
-    pending: list[ToolCall] = field(default_factory=list)  # the step's calls not yet completed
-    in_flight: str | None = None  # the call started and not completed (its tool_executing sent)
-
-    @classmethod
-    def restored(cls, checkpoint: Restored) -> RunState:
-        return cls(conversation=checkpoint.conversation, tool_calls=checkpoint.tool_calls,
-                   steps=checkpoint.steps, answer=checkpoint.answer, usage=checkpoint.usage,
-                   pending=checkpoint.pending, in_flight=checkpoint.in_flight)
-
-    def checkpoint(self, seq: int) -> dict:
-        return capture(seq=seq, conversation=self.conversation, tool_calls=self.tool_calls,
-                       steps=self.steps, answer=self.answer, usage=self.usage, pending=self.pending,
-                       in_flight=self.in_flight)
 
 
 @dataclass(slots=True)

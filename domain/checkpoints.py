@@ -1,4 +1,4 @@
-"""A run's state between two steps, stored with the step's event so another process can go on.
+"""A run's state (`RunState`), stored with each step's event so another process can go on.
 
 A checkpoint is taken after each step of the agent loop: when a tool starts (the model's turn
 that asked for it is done), and when a tool ends (its result is in the conversation). It holds
@@ -13,7 +13,7 @@ The stored form is JSON with a format number. A release reads every format it ev
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from domain.llm import ChatMessage, ToolCall, Usage
@@ -53,43 +53,43 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     return data
 
 
-def capture(*, seq: int, conversation: list[ChatMessage], tool_calls: list[ToolCall], steps: int,
-            answer: list[str], usage: Usage, pending: list[ToolCall],
-            in_flight: str | None) -> dict[str, Any]:
-    """The state as stored (JSON-ready), covering the run's events up to `seq`."""
-    return {
-        "format": FORMAT,
-        "seq": seq,
-        "conversation": [_message(message) for message in conversation],
-        "tool_calls": [_call(call) for call in tool_calls],
-        "steps": steps,
-        "answer": list(answer),
-        "usage": {"model_calls": usage.model_calls, "prompt_tokens": usage.prompt_tokens,
-                  "completion_tokens": usage.completion_tokens, "tool_calls": usage.tool_calls},
-        "pending": [_call(call) for call in pending],
-        "in_flight": in_flight,
-    }
+@dataclass(slots=True)
+class RunState:
+    """Everything one run accumulates; owned by exactly one engine, stored at each step."""
+
+    conversation: list[ChatMessage] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    steps: int = 0
+    answer: list[str] = field(default_factory=list)  # joined with "": breaks are pieces too
+    usage: Usage = field(default_factory=Usage)
+    pending: list[ToolCall] = field(default_factory=list)  # the step's calls not yet completed
+    in_flight: str | None = None  # the call started and not completed (its tool_executing sent)
+
+    def checkpoint(self, seq: int) -> dict[str, Any]:
+        """The state as stored (JSON-ready, copied), covering the run's events up to `seq`."""
+        usage = self.usage
+        return {
+            "format": FORMAT,
+            "seq": seq,
+            "conversation": [_message(message) for message in self.conversation],
+            "tool_calls": [_call(call) for call in self.tool_calls],
+            "steps": self.steps,
+            "answer": list(self.answer),
+            "usage": {"model_calls": usage.model_calls, "prompt_tokens": usage.prompt_tokens,
+                      "completion_tokens": usage.completion_tokens, "tool_calls": usage.tool_calls},
+            "pending": [_call(call) for call in self.pending],
+            "in_flight": self.in_flight,
+        }
 
 
-@dataclass(frozen=True, slots=True)
-class Restored:
-    conversation: list[ChatMessage]
-    tool_calls: list[ToolCall]
-    steps: int
-    answer: list[str]
-    usage: Usage
-    pending: list[ToolCall]
-    in_flight: str | None
-
-
-def restore(data: Mapping[str, Any]) -> Restored:
+def restore(data: Mapping[str, Any]) -> RunState:
     """The state of a stored checkpoint, of any format this release knows."""
     version = data.get("format")
     if version != FORMAT:
         raise CheckpointUnreadable(f"checkpoint format {version!r}; this release reads {FORMAT}")
     try:
         usage = data["usage"]
-        return Restored(
+        return RunState(
             conversation=[ChatMessage(role=m["role"], content=m.get("content", ""),
                                       tool_calls=tuple(ToolCall(**c) for c in m.get("tool_calls", ())),
                                       tool_call_id=m.get("tool_call_id"))

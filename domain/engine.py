@@ -9,8 +9,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from domain.agent import RunState, run_agent
-from domain.checkpoints import CheckpointUnreadable, Resumption, restore
+from domain.agent import run_agent
+from domain.checkpoints import CheckpointUnreadable, Resumption, RunState, restore
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.entities import RunStatus
@@ -146,7 +146,7 @@ class UserExecutionEngine:
             self._state.conversation.extend(history)
             return
         if resumption.state is not None:
-            self._state = RunState.restored(restore(resumption.state))
+            self._state = restore(resumption.state)
         else:
             self._state.conversation.extend(history)
         await self._emitter.emit(RunResumed(attempt=resumption.attempt, from_seq=resumption.from_seq,

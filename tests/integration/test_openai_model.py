@@ -12,7 +12,8 @@ import pytest
 from aiohttp import web
 
 from adapters.models.openai_chat import OpenAIChatModel
-from domain.agent import RunState, run_agent
+from domain.agent import run_agent
+from domain.checkpoints import RunState
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.errors import ModelError

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 import pytest
 
 from adapters.models.builtin import BuiltinChatModel, second_person, split_words
-from domain.agent import RunState, run_agent
+from domain.agent import run_agent
+from domain.checkpoints import RunState
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.events import AgentEvent, EventType
