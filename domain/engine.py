@@ -16,6 +16,7 @@ from domain.emitter import RunEventEmitter
 from domain.entities import RunStatus
 from domain.errors import EngineClosed, LeaseLost, ModelError, StorageUnavailable
 from domain.events import AgentCancelled, AgentCompleted, AgentError, AgentStarted, RunResumed
+from domain.leases import INTERRUPTED, INTERRUPTED_MESSAGE
 from domain.limits import EngineLimits
 from domain.llm import ChatMessage, Usage
 from domain.ports import ChatModel
@@ -103,9 +104,7 @@ class UserExecutionEngine:
             await self._begin(history)
         except CheckpointUnreadable as exc:
             log.error("run %s cannot go on: %s; it ends as interrupted", self._context.run_id, exc)
-            return self._ended(RunStatus.FAILED, started, code="interrupted",
-                               message="The server running this request stopped before it finished; "
-                                       "please send your message again.")
+            return self._ended(RunStatus.FAILED, started, code=INTERRUPTED, message=INTERRUPTED_MESSAGE)
         if self._cancel_reason is not None:
             return RunOutcome(RunStatus.CANCELLED, cancel_reason=self._cancel_reason)
         self._task = asyncio.create_task(

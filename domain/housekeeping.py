@@ -13,15 +13,11 @@ from domain.entities import AuditAction, AuditEntry, Run, RunStatus
 from domain.errors import LeaseLost, StorageUnavailable
 from domain.events import AgentError, AgentStarted
 from domain.factory import ExecutionEngineFactory
-from domain.leases import LeasePolicy
+from domain.leases import INTERRUPTED, INTERRUPTED_MESSAGE, LeasePolicy
 from domain.ports import AuditLog, Clock, EventLog, RunRepository
 from domain.runs import RunRegistry
 
 log = logging.getLogger(__name__)
-
-INTERRUPTED = "interrupted"
-INTERRUPTED_MESSAGE = ("The server running this request stopped before it finished; "
-                       "please send your message again.")
 
 
 class Resumer(Protocol):

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# agent_error of a run whose process stopped and that cannot go on elsewhere (past
+# runs.max_takeovers, stranded by an outage, or its checkpoint unreadable).
+INTERRUPTED = "interrupted"
+INTERRUPTED_MESSAGE = ("The server running this request stopped before it finished; "
+                       "please send your message again.")
+
 
 @dataclass(frozen=True, slots=True)
 class LeasePolicy:
