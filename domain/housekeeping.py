@@ -48,7 +48,7 @@ class Housekeeper:
         clock: Clock,
         lease: LeasePolicy,
         retention: timedelta,
-        resumer: Resumer | None,
+        resumer: Resumer,
         max_takeovers: int,
     ) -> None:
         self._runs = runs
@@ -59,7 +59,7 @@ class Housekeeper:
         self._clock = clock
         self._lease = lease
         self._retention = retention
-        self._resumer = resumer  # None: runs taken over end as interrupted
+        self._resumer = resumer
         self._max_takeovers = max_takeovers
         self._last_prune = None
 
@@ -89,17 +89,16 @@ class Housekeeper:
     async def _go_on(self, taken: Iterable[Run], whose: str) -> list[Run]:
         """Resume what may go on, end the rest; returns the runs taken."""
         taken = list(taken)
-        # The epoch counts the takeovers: each raised it by one.
-        resumable = [run for run in taken
-                     if self._resumer is not None and run.lease_epoch <= self._max_takeovers]
-        ended = await self._end_all([run for run in taken if run not in resumable], whose)
-        for _ in ended:
+        resumable: list[Run] = []
+        past_limit: list[Run] = []
+        for run in taken:  # the epoch counts the takeovers: each raised it by one
+            (resumable if run.lease_epoch <= self._max_takeovers else past_limit).append(run)
+        for _ in await self._end_all(past_limit, whose):
             self._registry.taken_over("interrupted")
         # Started runs first, then queued ones, each in the order they were made: a thread's lane
         # then holds them as it did in the process that stopped.
         resumable.sort(key=lambda run: (run.status is not RunStatus.RUNNING, run.created_at, run.id))
         for run in resumable:
-            assert self._resumer is not None
             self._resumer.resume(run)
             self._registry.taken_over("resumed")
         if resumable:
