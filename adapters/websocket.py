@@ -64,7 +64,6 @@ class SocketConnection:
         self._taken = asyncio.Event()  # the writer took a frame: a waiting replay may find room
         self._stall_s = stall_s
         self._writer: asyncio.Task[None] | None = None
-        self._watch: asyncio.TimerHandle | None = None
         self._sending_since: float | None = None  # loop time the send under way began
         self._closing = False
         self._held: LiveQueue | None = None
@@ -94,19 +93,21 @@ class SocketConnection:
             return self._closing
         return transport.is_closing() or peer_hung_up(transport)
 
-    async def pause(self, seconds: float) -> None:
-        """Wait `seconds` (a budget's debt), but no longer than the connection lives.
+    async def pause(self, seconds: float) -> bool:
+        """Wait `seconds` (a budget's debt), but no longer than the connection lives; whether it
+        still does (False: what it sent and would get go nowhere, stop reading it).
 
         A flooder that hangs up in debt would otherwise keep its handler, its buffered frames and
         its socket's objects for the whole debt: 20 garbage senders left ~11 MiB behind them.
+        Always yields: frames already buffered never hold the loop in one go.
         """
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
+        await asyncio.sleep(0)
         # Polled: a hang-up of a socket not being read is known only by asking the kernel.
-        while not self.gone and (left := until - loop.time()) > 0:  # noqa: ASYNC110
+        while not (gone := self.gone) and (left := until - loop.time()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(min(left, PAUSE_SLICE_S))
-        if seconds <= 0:
-            await asyncio.sleep(0)  # always yields: frames already buffered never hold the loop
+        return not gone
 
     @property
     def high_cursor(self) -> str | None:
@@ -114,12 +115,13 @@ class SocketConnection:
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"ws-writer:{self.connection_id}")
-        self._watch = asyncio.get_running_loop().call_later(self._stall_s / 4, self._watch_writer)
+        asyncio.get_running_loop().call_later(self._stall_s / 4, self._watch_writer)
 
     def _watch_writer(self) -> None:
         """A send that has not returned for `stall_s` (the client's TCP window stayed shut) closes
-        the socket. A watchdog a few times per `stall_s`, not a timer per frame: arming one per
-        send cost ~10% of a replay's time (py-spy, docs/performance.md "Fair under abuse")."""
+        the socket. A watchdog a few times per `stall_s` until the socket closes, not a timer per
+        frame: arming one per send cost ~10% of a replay's time (py-spy, docs/performance.md
+        "Fair under abuse")."""
         if self._closing:
             return
         loop = asyncio.get_running_loop()
@@ -127,7 +129,7 @@ class SocketConnection:
         if since is not None and loop.time() - since >= self._stall_s:
             self._too_slow(f"took no frame for {self._stall_s:g} s")
             return
-        self._watch = loop.call_later(self._stall_s / 4, self._watch_writer)
+        loop.call_later(self._stall_s / 4, self._watch_writer)
 
     # -- frames -------------------------------------------------------------------------------
 
@@ -222,8 +224,7 @@ class SocketConnection:
         async def charged(position: Position) -> Sequence[Envelope]:
             # Each read is charged as it is made (what a page costs is reading and encoding it,
             # sent or not): a user in debt waits before the next page, not the others.
-            await self.pause(self.budget.wait_s())
-            if self.gone:
+            if not await self.pause(self.budget.wait_s()):
                 return ()
             page = await read(position)
             self.budget.replayed(len(page))
@@ -300,8 +301,6 @@ class SocketConnection:
             pass
 
     def _forget_queued(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
         self._queue = asyncio.Queue(self._queue.maxsize)
         self._queued_bytes = 0
 

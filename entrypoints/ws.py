@@ -112,8 +112,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     with logger.contextualize(user_id=user.id, connection_id=connection.connection_id):
         try:
             async for msg in ws:
-                if connection.gone:
-                    break
                 connection.client_frame()
                 if msg.type is WSMsgType.TEXT:
                     connection.budget.read(len(msg.data))
@@ -122,7 +120,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     connection.send_json({"type": "error", "code": "invalid_message",
                                           "message": "Send frames as JSON text, not binary."})
                 connection.first_frame_handled()
-                await connection.pause(max(throttle.charge(1), connection.budget.wait_s()))
+                if not await connection.pause(max(throttle.charge(1), connection.budget.wait_s())):
+                    break  # frames it buffered before it went are answered for nobody
         except asyncio.CancelledError:
             raise
         except Exception:
