@@ -21,6 +21,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,12 +115,12 @@ class Hostile:
 class _Cpu:
     """CPU seconds per wall second of the server, the hostile processes and this (normal users') process."""
 
-    def __init__(self, server: int, hostiles: list[Hostile] = ()) -> None:
+    def __init__(self, server: int, hostiles: Sequence[Hostile] = ()) -> None:
         self.server, self.at = server, time.monotonic()
         self.start = {"server": cpu_s(server), "normal": cpu_s(os.getpid()),
                       "hostile": sum(cpu_s(h.proc.pid) for h in hostiles)}
 
-    def share(self, hostiles: list[Hostile]) -> dict[str, float]:
+    def share(self, hostiles: Sequence[Hostile]) -> dict[str, float]:
         wall = time.monotonic() - self.at
         now = {"server": cpu_s(self.server), "normal": cpu_s(os.getpid()),
                "hostile": sum(cpu_s(h.proc.pid) for h in hostiles)}

@@ -212,8 +212,9 @@ async def test_a_users_sockets_replay_one_at_a_time_and_a_gone_one_reads_nothing
     replaying = asyncio.create_task(first.resume(slow_read, Position()))
     await reading.wait()
     waiting = asyncio.create_task(second.resume(read, Position()))
-    await asyncio.sleep(0.01)  # what the second would have read by now, had it not waited its turn
-    assert reads == ["first"]
+    for _ in range(50):  # many more turns of the loop than the second needs to reach its read
+        await asyncio.sleep(0)
+    assert reads == ["first"] and not waiting.done()
     release.set()
     await asyncio.gather(replaying, waiting)
     assert reads == ["first", "second"]
