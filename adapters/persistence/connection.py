@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect, Result
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
@@ -30,6 +31,11 @@ def is_database_outage(exc: BaseException) -> bool:
         state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
         return isinstance(state, str) and state[:2] in _OUTAGE_SQLSTATE_CLASSES
     return isinstance(exc, OSError | TimeoutError | ConnectionError)
+
+
+def upsert_into(dialect: Dialect, table: Table) -> Any:
+    """INSERT of the dialect's own kind, which knows ON CONFLICT (PostgreSQL and SQLite both)."""
+    return (postgresql.insert if dialect.name == "postgresql" else sqlite.insert)(table)
 
 
 DATABASE_AWAY = "The database is not answering just now; send that again in a moment."

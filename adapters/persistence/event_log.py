@@ -11,9 +11,8 @@ from typing import Any
 
 from loguru import logger
 from sqlalchemy import bindparam, delete, func, insert, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from adapters.persistence.connection import DATABASE_AWAY, SqlConnection, is_database_outage
+from adapters.persistence.connection import DATABASE_AWAY, SqlConnection, is_database_outage, upsert_into
 from adapters.persistence.database import Database
 from adapters.persistence.tables import event_log_state, events, messages, run_checkpoints, runs, threads
 from domain.entities import Role, RunStatus
@@ -58,8 +57,7 @@ def decode_cursor(cursor: str) -> int:
 
 async def raise_state(conn: SqlConnection, name: str, value: int) -> None:
     """Sets the counter `name` to `value` unless it is higher already, in `conn`'s transaction."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(event_log_state).values(name=name, value=value)
+    statement = upsert_into(conn.dialect, event_log_state).values(name=name, value=value)
     await conn.execute(statement.on_conflict_do_update(
         index_elements=[event_log_state.c.name],
         set_={"value": statement.excluded.value},
@@ -335,7 +333,7 @@ async def _save_checkpoints(conn: SqlConnection, checkpointed: list[AgentEvent])
              "state": json.dumps(dict(event.checkpoint), ensure_ascii=False, separators=(",", ":")),
              "updated_at": event.ts}
             for event in latest.values() if event.checkpoint is not None]
-    upsert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(run_checkpoints)
+    upsert = upsert_into(conn.dialect, run_checkpoints)
     await conn.execute(upsert.on_conflict_do_update(
         index_elements=[run_checkpoints.c.run_id],
         set_={"format": upsert.excluded.format, "seq": upsert.excluded.seq,

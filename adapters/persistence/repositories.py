@@ -11,7 +11,7 @@ from sqlalchemy import bindparam, case, delete, func, insert, literal, select, u
 from sqlalchemy.exc import IntegrityError
 
 from adapters.persistence.committer import Transaction
-from adapters.persistence.connection import SqlConnection
+from adapters.persistence.connection import SqlConnection, upsert_into
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import delete_thread_events
 from adapters.persistence.tables import messages, notes, runs, threads, users
@@ -349,13 +349,13 @@ class SqlAlchemyNoteRepository:
             return note
 
         async def add_keyed(tx: Transaction) -> Note:
-            # Keyed: the same tool call run again (a takeover) finds the note it stored the first time.
+            # Keyed: the same tool call run again (a takeover, or its stalled first runner woken)
+            # finds the note stored the first time. ON CONFLICT, not read-then-insert: two runs of
+            # the call at once must not fail the whole batch of writes on the unique index.
+            await tx.execute(upsert_into(tx.dialect, notes).on_conflict_do_nothing(
+                index_elements=[notes.c.user_id, notes.c.key]), row)
             kept = select(notes).where(notes.c.user_id == note.user_id, notes.c.key == note.key)
-            found = (await tx.execute(kept)).first()
-            if found is None:
-                await tx.execute(_INSERT_NOTE, row)
-                return note
-            return Note(**found._mapping)
+            return Note(**(await tx.execute(kept)).one()._mapping)
 
         return await self._db.write(add_keyed)
 

@@ -4,6 +4,7 @@ is saved once."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -61,3 +62,21 @@ async def test_a_keyed_note_is_saved_once(db: Database) -> None:
                            (("note_1", "usr_a"), ("note_2", "usr_a"), ("note_3", "usr_b"))]
     assert again.id == first.id == "note_1" and other.id == "note_3"
     assert [n.id for n in await notes.search("usr_a", "code")] == ["note_1"]
+
+
+
+async def test_the_same_keyed_note_saved_by_two_processes_at_once_is_saved_once(db: Database) -> None:
+    # A takeover re-running a call while its stalled first runner wakes and runs it too: two
+    # database handles. This does not force the interleaving (both read, then both insert) that
+    # made a read-then-insert fail a whole batch on the unique index; ON CONFLICT rules it out.
+    await add_user(db, "usr_a")
+    other = Database(db.url)
+    try:
+        stores = [SqlAlchemyNoteRepository(db), SqlAlchemyNoteRepository(other)]
+        saved = await asyncio.gather(*(store.add(Note(id=f"note_{i}", user_id="usr_a", created_at=T0,
+                                                      text="my code is 12", key="run:c1"))
+                                       for i, store in enumerate(stores)))
+    finally:
+        await other.dispose()
+    assert saved[0].id == saved[1].id
+    assert len(await stores[0].search("usr_a", "code")) == 1
