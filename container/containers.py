@@ -16,9 +16,10 @@ from adapters.models.builtin import BuiltinChatModel
 from adapters.persistence.audit_log import SqlAlchemyAuditLog
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import SqlAlchemyEventLog
+from adapters.persistence.grants import SqlAlchemyApprovalGrantRepository
+from adapters.persistence.notes import SqlAlchemyNoteRepository
 from adapters.persistence.repositories import (
     SqlAlchemyMessageRepository,
-    SqlAlchemyNoteRepository,
     SqlAlchemyRunRepository,
     SqlAlchemyThreadRepository,
     SqlAlchemyUserRepository,
@@ -31,6 +32,8 @@ from adapters.security.tokens import JwtTokenService
 from adapters.system import RandomIds, SystemClock
 from container.settings import Settings
 from container.signing_key import jwt_secret
+from domain.approval_policy import ApprovalGate
+from domain.approvals import ApprovalService, WaitingRuns
 from domain.auth import AuthService, PasswordPolicy
 from domain.chat import ChatLimits, ChatService
 from domain.conversations import ConversationService
@@ -181,6 +184,7 @@ class Container(containers.DeclarativeContainer):
     messages = providers.Singleton(SqlAlchemyMessageRepository, database)
     runs = providers.Singleton(SqlAlchemyRunRepository, database)
     notes = providers.Singleton(SqlAlchemyNoteRepository, database)
+    grants = providers.Singleton(SqlAlchemyApprovalGrantRepository, database)
 
     # -- security
     password_hasher = providers.Singleton(
@@ -216,7 +220,10 @@ class Container(containers.DeclarativeContainer):
         tools=providers.Callable(make_builtin_tools, notes=notes, ids=ids, clock=clock),
         timeout_s=settings.provided.limits.tool_timeout_s,
         pause_s=settings.provided.tools.pause_s,
+        policies=settings.provided.approvals.tools,
     )
+    approval_gate = providers.Singleton(ApprovalGate, grants=grants, clock=clock,
+                                        timeout_s=settings.provided.approvals.timeout_s)
     bridge = providers.Singleton(AgentWebSocketBridge, event_log=event_log, bus=event_bus)
     engine_factory = providers.Singleton(
         ExecutionEngineFactory,
@@ -226,6 +233,7 @@ class Container(containers.DeclarativeContainer):
         clock=clock,
         audit=audit_log,
         limits=engine_limits,
+        gate=approval_gate,
     )
 
     # -- use cases
@@ -241,6 +249,8 @@ class Container(containers.DeclarativeContainer):
         policy=providers.Factory(PasswordPolicy, min_length=settings.provided.auth.min_password_length),
     )
     run_registry = providers.Singleton(RunRegistry, factory=engine_factory)
+    waiting_runs = providers.Singleton(WaitingRuns, runs=runs, events=event_log, factory=engine_factory,
+                                       registry=run_registry, audit=audit_log, clock=clock, lease=lease)
     chat_service = providers.Singleton(
         ChatService,
         factory=engine_factory,
@@ -255,7 +265,12 @@ class Container(containers.DeclarativeContainer):
         limits=chat_limits,
         lease=lease,
         control=run_control,
+        waiting=waiting_runs,
         rate_limiter=message_rate_limiter,
+    )
+    approval_service = providers.Singleton(
+        ApprovalService, runs=runs, events=event_log, grants=grants, resumer=chat_service,
+        audit=audit_log, clock=clock, ids=ids, lease=lease,
     )
     housekeeper = providers.Singleton(
         Housekeeper,
@@ -269,6 +284,7 @@ class Container(containers.DeclarativeContainer):
         retention=providers.Callable(_retention, settings),
         resumer=chat_service,
         max_takeovers=settings.provided.runs.max_takeovers,
+        waiting=waiting_runs,
     )
     conversation_service = providers.Singleton(
         ConversationService, threads=threads, messages=messages, runs=runs, events=event_log

@@ -106,6 +106,14 @@ class ToolsSettings(BaseModel):
         return self.pause_ms / 1000
 
 
+class ApprovalsSettings(BaseModel):
+    timeout_s: float = Field(3600.0, gt=0, description="how long a run waits for a person to approve "
+                             "a tool call; past it the run ends agent_cancelled, reason approval_timeout")
+    tools: dict[str, Literal["auto", "ask"]] = Field(
+        default_factory=dict, description="approval policy per tool name, over each tool's own "
+        '(delete_notes asks; the rest run): e.g. {"calculator": "ask", "delete_notes": "auto"}')
+
+
 class SecuritySettings(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list, description="extra browser origins "
                                        "allowed to open /ws besides the server's own")
@@ -144,6 +152,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = LimitsSettings()
     runs: RunsSettings = RunsSettings()
     tools: ToolsSettings = ToolsSettings()
+    approvals: ApprovalsSettings = ApprovalsSettings()
     bus: BusSettings = BusSettings()
     security: SecuritySettings = SecuritySettings()
     log: LogSettings = LogSettings()

@@ -7,11 +7,19 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from domain.approval_policy import DENIED, ApprovalGate, AwaitingApproval, Policy
 from domain.checkpoints import RunState
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
 from domain.errors import ModelError
-from domain.events import AgentMessageDelta, AgentThinking, ToolCompleted, ToolExecuting
+from domain.events import (
+    AgentMessageDelta,
+    AgentThinking,
+    ApprovalDecided,
+    ApprovalRequired,
+    ToolCompleted,
+    ToolExecuting,
+)
 from domain.limits import EngineLimits
 from domain.llm import (
     ChatMessage,
@@ -29,7 +37,8 @@ from domain.tools import ToolBox
 SYSTEM_PROMPT = (
     "You are goldenpath's assistant. Use the tools when they help: the calculator for arithmetic, "
     "current_time for the date and time, save_note and search_notes for what the user asks you to "
-    "remember. Answer briefly."
+    "remember, delete_notes when they ask you to forget something (they approve it first). "
+    "Answer briefly."
 )
 
 # Between the texts of two model steps (before and after a tool call), so they are not glued.
@@ -63,15 +72,18 @@ async def run_agent(
     emitter: RunEventEmitter,
     state: RunState,
     limits: EngineLimits,
+    gate: ApprovalGate,
 ) -> str:
-    """Run the loop to an answer; raises ModelError when the model fails or never answers.
+    """Run the loop to an answer; raises ModelError when the model fails or never answers, and
+    AwaitingApproval when it stopped to ask its user (the question is in its checkpoint).
 
     A state restored from a checkpoint goes on where it stood: the tool calls of its last step
     that had not completed first, then the model again.
     """
     if not state.conversation or state.conversation[0].role != "system":
         state.conversation.insert(0, ChatMessage(role="system", content=SYSTEM_PROMPT))
-    await _run_pending(context, toolbox, emitter, state)
+    tools = _Tools(context, toolbox, gate)
+    await _run_pending(tools, emitter, state)
     while state.steps < limits.max_steps:
         await emitter.emit(AgentThinking(_thinking_text(state)))
         step = await _ask_model(model, toolbox, emitter, state, limits.model_timeout_s)
@@ -83,7 +95,7 @@ async def run_agent(
             ChatMessage(role="assistant", content="".join(step.text), tool_calls=calls)
         )
         state.pending = list(calls)
-        await _run_pending(context, toolbox, emitter, state)
+        await _run_pending(tools, emitter, state)
     raise ModelError(f"The agent used all {limits.max_steps} of its steps without reaching an answer.",
                      code="step_limit")
 
@@ -154,45 +166,86 @@ def _assemble_calls(step: _Step, state: RunState) -> tuple[ToolCall, ...]:
     return tuple(calls)
 
 
-async def _run_pending(
-    context: UserExecutionContext, toolbox: ToolBox, emitter: RunEventEmitter, state: RunState
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _Tools:
+    context: UserExecutionContext
+    toolbox: ToolBox
+    gate: ApprovalGate
+
+
+async def _run_pending(tools: _Tools, emitter: RunEventEmitter, state: RunState) -> None:
     """The step's tool calls, in order, each checkpointed as it starts and as it ends.
 
     A call that was running when a previous process died runs again only if its tool says that
-    is safe (`ToolBox.retry_safe`); otherwise it completes with `interrupted`.
+    is safe (`ToolBox.retry_safe`); otherwise it completes with `interrupted`. A call of an `ask`
+    tool runs once its user approved it (or a grant did); denied, it completes with `denied`.
     """
     while state.pending:
         call = state.pending[0]
-        if state.in_flight == call.id and not toolbox.retry_safe(call.name):
+        if state.in_flight == call.id and not tools.toolbox.retry_safe(call.name):
             outcome_error, content = INTERRUPTED_TOOL, json.dumps({"error": INTERRUPTED_TOOL_MESSAGE})
             await _completed(emitter, state, call, content,
                              ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=0,
                                            result=None, error=outcome_error))
             continue
-        await _run_tool(context, toolbox, emitter, state, call)
+        if await _approved(tools, emitter, state, call):
+            await _run_tool(tools, emitter, state, call)
 
 
-async def _run_tool(
-    context: UserExecutionContext,
-    toolbox: ToolBox,
-    emitter: RunEventEmitter,
-    state: RunState,
-    call: ToolCall,
-) -> None:
+def _shown(call: ToolCall) -> object:
+    """The call's arguments as events show them: the parsed JSON, or the model's text."""
+    try:
+        return json.loads(call.arguments) if call.arguments.strip() else {}
+    except json.JSONDecodeError:
+        return call.arguments
+
+
+async def _approved(tools: _Tools, emitter: RunEventEmitter, state: RunState, call: ToolCall) -> bool:
+    """Whether the call may run: at once (auto), by a grant, or by its user's decision. A call
+    not yet decided stops the run to ask (AwaitingApproval); a denied one completes here."""
+    decision = state.decisions.get(call.id)
+    if decision is None:
+        if tools.toolbox.policy(call.name) is not Policy.ASK:
+            return True
+        if await tools.gate.granted(tools.context, call.name):
+            state.decide(call.id, approved=True, by="grant")
+        else:
+            await _ask(tools.gate, emitter, state, call)
+        decision = state.decisions[call.id]
+    if not decision.get("announced"):
+        decision["announced"] = True
+        await emitter.emit(ApprovalDecided(tool_call_id=call.id, approved=bool(decision["approved"]),
+                                           by=str(decision["by"]), reason=decision.get("reason")),
+                           checkpoint=state.checkpoint(emitter.last_seq + 1))
+    if decision["approved"]:
+        return True
+    reason = decision.get("reason")
+    told = "denied: the user did not approve this call" + (f" ({reason})" if reason else "")
+    await _completed(emitter, state, call, json.dumps({"error": told}),
+                     ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=0, result=None,
+                                   error=DENIED))
+    return False
+
+
+async def _ask(gate: ApprovalGate, emitter: RunEventEmitter, state: RunState, call: ToolCall) -> None:
+    """Store the question with the run's state (its status becomes waiting), then stop the run."""
+    state.awaiting = {"tool_call_id": call.id, "tool": call.name, "arguments": _shown(call),
+                      "expires_at": gate.expires_at()}
+    await emitter.emit(ApprovalRequired(**state.awaiting), checkpoint=state.checkpoint(emitter.last_seq + 1))
+    await emitter.confirm()  # stored: the run waits now, and may end here
+    raise AwaitingApproval(call.id)
+
+
+async def _run_tool(tools: _Tools, emitter: RunEventEmitter, state: RunState, call: ToolCall) -> None:
     if state.in_flight != call.id:  # a call run again after a takeover is counted once
         state.tool_calls.append(call)
         state.usage.tool_calls += 1
     state.in_flight = call.id
-    try:
-        shown_arguments = json.loads(call.arguments) if call.arguments.strip() else {}
-    except json.JSONDecodeError:
-        shown_arguments = call.arguments
-    await emitter.emit(ToolExecuting(tool_call_id=call.id, tool=call.name, arguments=shown_arguments),
+    await emitter.emit(ToolExecuting(tool_call_id=call.id, tool=call.name, arguments=_shown(call)),
                        checkpoint=state.checkpoint(emitter.last_seq + 1))
     # The run's id with the call's: a model's call ids are unique only within its conversation.
-    outcome = await toolbox.execute(context, call.name, call.arguments,
-                                    call_key=f"{context.run_id}:{call.id}")
+    outcome = await tools.toolbox.execute(tools.context, call.name, call.arguments,
+                                          call_key=f"{tools.context.run_id}:{call.id}")
     if outcome.error is None:
         content = json.dumps({"result": outcome.result}, default=str)
     else:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from domain.approvals import WaitingRuns
 from domain.checkpoints import Resumption
 from domain.context import UserExecutionContext
 from domain.engine import UserExecutionEngine
@@ -44,6 +45,8 @@ from domain.runs import RunRegistry
 log = logging.getLogger(__name__)
 
 _TITLE_CHARS = 60
+# How often a run queued behind one that waits for an approval (or goes on elsewhere) looks again.
+EARLIER_RUN_POLL_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ class ChatService:
         limits: ChatLimits,
         lease: LeasePolicy,
         control: RunControl,
+        waiting: WaitingRuns,
         rate_limiter: MessageRateLimit | None = None,
     ) -> None:
         self._factory = factory
@@ -90,6 +94,7 @@ class ChatService:
         self._limits = limits
         self._lease = lease
         self._control = control
+        self._waiting = waiting
         self._rate_limiter = rate_limiter  # messages per minute per user; None: no limit
         self._submitting: InFlight[tuple[str, str], Submission] = InFlight()
 
@@ -164,8 +169,13 @@ class ChatService:
             thread = new_thread
         elif (thread := await self._threads.get(user_id, thread_id)) is None:
             raise NotFound("There is no such thread.")
-        if multitask is Multitask.REJECT and self._registry.thread_busy(thread.id):
-            raise ThreadBusy("This thread already has a run going; wait for it or cancel it.")
+        # A run waiting for its user's approval is the thread's run going, on whichever process.
+        waiting = [] if new_thread is not None else await self._runs.waiting_in_thread(user_id, thread.id)
+        if multitask is Multitask.REJECT and (waiting or self._registry.thread_busy(thread.id)):
+            raise ThreadBusy("This thread already has a run going (or waiting for your approval); "
+                             "wait for it or cancel it.")
+        # Behind a run that waits, or one going here: before its engine it waits for those to end.
+        behind = bool(waiting) or self._registry.thread_busy(thread.id)
         run = Run(id=self._ids.new_id("run"), user_id=user_id, thread_id=thread.id,
                   status=RunStatus.QUEUED, created_at=now, client_message_id=client_message_id,
                   owner=self._lease.owner, lease_expires_at=now + timedelta(seconds=self._lease.ttl_s))
@@ -175,7 +185,10 @@ class ChatService:
         await self._runs.add(run, message, new_thread=new_thread)
         if multitask is Multitask.INTERRUPT:
             self._registry.interrupt(thread.id)
-        running = self._registry.launch(run, lambda r: self._execute(r, request_id))
+            for stopped in waiting:
+                await self._waiting.end(stopped, "interrupted")
+            behind = self._registry.thread_busy(thread.id)
+        running = self._registry.launch(run, lambda r: self._execute(r, request_id, behind=behind))
         # Nothing awaited since launch: the caller's ack is queued before the run's first event.
         return Submission(replace(run, status=RunStatus.RUNNING if running else RunStatus.QUEUED))
 
@@ -183,18 +196,35 @@ class ChatService:
 
     def resume(self, run: Run) -> None:
         """Go on with a run taken over from a process that stopped (the Housekeeper took it, with
-        the next lease epoch): a started run from its last checkpoint, a queued one from its start,
-        each in its thread's lane (the caller hands them over in the order they were made)."""
-        self._registry.launch(run, lambda r: self._execute(r, "takeover", taken_over=True))
+        the next lease epoch): a started run from its last checkpoint, beside its thread's line (it
+        came first); a queued one from its start, in line, after the runs made before it."""
+        started = run.status is RunStatus.RUNNING
+        self._registry.launch(run, lambda r: self._execute(r, "takeover", resumed="takeover",
+                                                           behind=not started), beside=started)
 
-    async def _resumption(self, run: Run) -> Resumption | None:
-        """What a run taken over goes on from; None for a run that had not started (it starts)."""
-        if run.status is not RunStatus.RUNNING:
+    def go_on(self, run: Run) -> None:
+        """Go on with a run whose approval was decided here (ApprovalService claimed it)."""
+        self._registry.launch(run, lambda r: self._execute(r, "approval", resumed="decided"), beside=True)
+
+    async def _resumption(self, run: Run, resumed: str | None) -> Resumption | None:
+        """What a run that goes on starts from; None for a run that had not started (it starts)."""
+        if resumed is None or run.status is not RunStatus.RUNNING:
             return None
         return Resumption(state=await self._events.checkpoint(run.id),
-                          last_seq=await self._events.last_seq(run.id), attempt=run.lease_epoch)
+                          last_seq=await self._events.last_seq(run.id), attempt=run.takeovers,
+                          decided=resumed == "decided")
 
-    async def _execute(self, run: Run, request_id: str, *, taken_over: bool = False) -> None:
+    async def _after_earlier(self, run: Run) -> None:
+        """Each thread answers in order: while a run of the thread made before this one has not
+        ended (it waits for an approval, or goes on beside the line or on another process), wait.
+        A cancel stops the wait (the run then ends cancelled)."""
+        while self._registry.cancel_requested(run.id) is None:
+            if await self._runs.unfinished_before(run) is None:
+                return
+            await self._registry.pause(run.id, EARLIER_RUN_POLL_S)
+
+    async def _execute(self, run: Run, request_id: str, *, resumed: str | None = None,
+                       behind: bool = False) -> None:
         """The run's task, once its turn came (or it was withdrawn): engine, answer, terminal event."""
         bind_run(user_id=run.user_id, run_id=run.id, thread_id=run.thread_id, request_id=request_id)
         context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
@@ -203,7 +233,9 @@ class ChatService:
         try:
             resumption = None
             try:
-                resumption = await self._resumption(run) if taken_over else None
+                if behind:
+                    await self._after_earlier(run)
+                resumption = await self._resumption(run, resumed)
                 async with self._factory.user_execution_scope(context, resumption) as engine:
                     await self._drive(engine, run, resumption)
             except LimitExceeded as exc:
@@ -221,6 +253,7 @@ class ChatService:
 
     async def _drive(self, engine: UserExecutionEngine, run: Run, resumption: Resumption | None) -> None:
         """Run the engine and send its terminal event, which stores the run's end with it."""
+        self._registry.start_clock(run.id)
         reason = self._registry.cancel_requested(run.id)
         if reason is not None:
             engine.cancel(reason)
@@ -230,13 +263,21 @@ class ChatService:
             self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_STARTED,
                                           at=self._clock.now(), run_id=run.id))
             log.info("run %s started", run.id)
+        elif resumption.decided:
+            log.info("run %s goes on after its approval was decided", run.id)
         else:
             detail = f"attempt {resumption.attempt} by {self._lease.owner} from seq {resumption.from_seq}"
             self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_RESUMED,
                                           at=self._clock.now(), run_id=run.id, detail=detail))
             log.warning("run %s resumed here: %s", run.id, detail)
-        history = self._history(run, await self._messages.list_for_thread(run.user_id, run.thread_id))
+        history = [] if resumption is not None and resumption.state is not None else self._history(
+            run, await self._messages.list_for_thread(run.user_id, run.thread_id))
         outcome = await engine.run(history)
+        if outcome.status is RunStatus.WAITING:
+            self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_WAITING,
+                                          at=self._clock.now(), run_id=run.id))
+            log.info("run %s waits for its user's approval; it holds no engine meanwhile", run.id)
+            return
         if outcome.cancel_reason == "timeout":
             self._factory.note_timeout()
         answer_id = self._ids.new_id("msg") if outcome.status is RunStatus.COMPLETED else None
@@ -274,6 +315,10 @@ class ChatService:
         run = None if run_id is None else await self._runs.get(user_id, run_id)
         if run is None:
             raise NotFound("There is no such run.")
+        if run.status is RunStatus.WAITING:
+            if await self._waiting.end(run, reason):
+                return run
+            run = await self._runs.get(user_id, run.id) or run  # decided meanwhile: it goes on somewhere
         if not self._registry.cancel(run.id, reason) and not run.status.is_final \
                 and run.owner and run.owner != self._lease.owner:
             await self._control.request_cancel(run.owner, run.id, reason)

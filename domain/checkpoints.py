@@ -6,8 +6,13 @@ the conversation so far, the step's tool calls still to run (and which one was r
 step count, the answer so far, the usage and the seq it covers. Text a model streams within a
 step is not checkpointed: a run taken over mid-step asks the model that step again.
 
+A run waiting for a person's approval is its checkpoint alone: `awaiting` names the call asked
+about; the decision, when it comes, is written into `decisions` (with the claim of the run) and
+the run goes on from there, on whichever process took the decision.
+
 The stored form is JSON with a format number. A release reads every format it ever wrote
-(`restore`): FORMAT 1 is this one, and tests/fixtures/checkpoint_v1.json pins it.
+(`restore`): FORMAT 2 is this one (1 had no `awaiting` and `decisions`); the fixtures
+tests/fixtures/checkpoint_v1.json and checkpoint_v2.json pin them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import Any
 
 from domain.llm import ChatMessage, ToolCall, Usage
 
-FORMAT = 1
+FORMAT = 2
+READABLE = (1, 2)
 
 
 class CheckpointUnreadable(Exception):
@@ -28,11 +34,13 @@ class CheckpointUnreadable(Exception):
 @dataclass(frozen=True, slots=True)
 class Resumption:
     """What a process taking a run over goes on from: its checkpoint (None: from the start),
-    the last seq stored, and which takeover this is (1 for the first)."""
+    the last seq stored, and which takeover this is (1 for the first). `decided`: not a takeover
+    but a waiting run going on after its approval was decided (it says nothing of resuming)."""
 
     state: Mapping[str, Any] | None
     last_seq: int
     attempt: int
+    decided: bool = False
 
     @property
     def from_seq(self) -> int:
@@ -64,6 +72,18 @@ class RunState:
     usage: Usage = field(default_factory=Usage)
     pending: list[ToolCall] = field(default_factory=list)  # the step's calls not yet completed
     in_flight: str | None = None  # the call started and not completed (its tool_executing sent)
+    # The call the run waits to have approved: {"tool_call_id", "tool", "arguments", "expires_at"}.
+    awaiting: dict[str, Any] | None = None
+    # Decisions on calls, by tool_call_id: {"approved", "by", "reason"?, "announced"}; `announced`
+    # once its approval_decided event is sent.
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def decide(self, tool_call_id: str, *, approved: bool, by: str, reason: str | None = None) -> None:
+        """Record a decision on the call awaited (or about to be asked); it is announced later."""
+        self.decisions[tool_call_id] = {"approved": approved, "by": by, "reason": reason,
+                                        "announced": False}
+        if self.awaiting is not None and self.awaiting.get("tool_call_id") == tool_call_id:
+            self.awaiting = None
 
     def checkpoint(self, seq: int) -> dict[str, Any]:
         """The state as stored (JSON-ready, copied), covering the run's events up to `seq`."""
@@ -79,14 +99,16 @@ class RunState:
                       "completion_tokens": usage.completion_tokens, "tool_calls": usage.tool_calls},
             "pending": [_call(call) for call in self.pending],
             "in_flight": self.in_flight,
+            "awaiting": None if self.awaiting is None else dict(self.awaiting),
+            "decisions": {call_id: dict(decision) for call_id, decision in self.decisions.items()},
         }
 
 
 def restore(data: Mapping[str, Any]) -> RunState:
     """The state of a stored checkpoint, of any format this release knows."""
     version = data.get("format")
-    if version != FORMAT:
-        raise CheckpointUnreadable(f"checkpoint format {version!r}; this release reads {FORMAT}")
+    if version not in READABLE:
+        raise CheckpointUnreadable(f"checkpoint format {version!r}; this release reads {READABLE}")
     try:
         usage = data["usage"]
         return RunState(
@@ -101,6 +123,8 @@ def restore(data: Mapping[str, Any]) -> RunState:
                         completion_tokens=usage["completion_tokens"], tool_calls=usage["tool_calls"]),
             pending=[ToolCall(**call) for call in data["pending"]],
             in_flight=data["in_flight"],
+            awaiting=dict(data["awaiting"]) if data.get("awaiting") else None,  # format 1: none
+            decisions={str(k): dict(v) for k, v in (data.get("decisions") or {}).items()},
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointUnreadable(f"checkpoint damaged: {exc!r}") from None

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from domain.agent import run_agent
+from domain.approval_policy import ApprovalGate, AwaitingApproval
 from domain.checkpoints import CheckpointUnreadable, Resumption, RunState, restore
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
@@ -49,6 +50,7 @@ class UserExecutionEngine:
         model: ChatModel,
         toolbox: ToolBox,
         limits: EngineLimits,
+        gate: ApprovalGate,
         resumption: Resumption | None = None,
         _key: object = None,
     ) -> None:
@@ -63,11 +65,13 @@ class UserExecutionEngine:
         self._model = model
         self._toolbox = toolbox
         self._limits = limits
+        self._gate = gate
         self._resumption = resumption
         self._state = RunState()
         self._task: asyncio.Task[str] | None = None
         self._cancel_reason: str | None = None
         self._started = False
+        self._waiting = False  # it stopped to ask its user: it ends without a terminal event
         self._closed = False
         self.created_monotonic = time.monotonic()
 
@@ -115,6 +119,7 @@ class UserExecutionEngine:
                 emitter=self._emitter,
                 state=self._state,
                 limits=self._limits,
+                gate=self._gate,
             ),
             name=f"agent:{self._context.run_id}",
         )
@@ -128,6 +133,9 @@ class UserExecutionEngine:
             return self._ended(RunStatus.CANCELLED, started, cancel_reason=self._cancel_reason)
         except ModelError as exc:
             return self._ended(RunStatus.FAILED, started, code=exc.code, message=exc.message)
+        except AwaitingApproval:
+            self._waiting = True  # its question is stored: the run waits, holding nothing
+            return self._ended(RunStatus.WAITING, started)
         except (StorageUnavailable, LeaseLost):
             raise  # not the agent's failure: the run cannot write its events (see ChatService)
         except Exception:
@@ -138,7 +146,8 @@ class UserExecutionEngine:
 
     async def _begin(self, history: Sequence[ChatMessage]) -> None:
         """A new run starts with the thread's history; a run taken over, from its checkpoint (or
-        from the start if it had none), saying so with run_resumed."""
+        from the start if it had none), saying so with run_resumed; a run whose approval was
+        decided, from its checkpoint, saying nothing (its loop announces the decision)."""
         resumption = self._resumption
         if resumption is None:
             await self._emitter.emit(AgentStarted(self._model.name))
@@ -148,6 +157,8 @@ class UserExecutionEngine:
             self._state = restore(resumption.state)
         else:
             self._state.conversation.extend(history)
+        if resumption.decided:
+            return
         await self._emitter.emit(RunResumed(attempt=resumption.attempt, from_seq=resumption.from_seq,
                                             text="".join(self._state.answer)))
 
@@ -188,7 +199,7 @@ class UserExecutionEngine:
             # The run is over; whatever it raised was already reported.
             with contextlib.suppress(BaseException):
                 await self._task
-        if self._started and not self._emitter.terminal_sent:
+        if self._started and not self._emitter.terminal_sent and not self._waiting:
             try:
                 await self._emitter.emit(
                     AgentError(code="internal_error", message="The run ended without an answer.")

@@ -10,6 +10,7 @@ from enum import StrEnum
 class RunStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    WAITING = "waiting"  # for a person's approval of a tool call: a checkpoint, no engine, no lease
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -66,8 +67,13 @@ class Run:
     # The process that runs it, and until when: a run whose lease lapses was orphaned by a crash.
     owner: str | None = None
     lease_expires_at: datetime | None = None
-    # Raised by each takeover; only the holder of the current epoch may write the run's events.
+    # Raised by each takeover and each claim of a waiting run; only the holder of the current epoch
+    # may write the run's events.
     lease_epoch: int = 0
+    # Times the run was taken over from a process that stopped (runs.max_takeovers bounds it).
+    takeovers: int = 0
+    # While it waits for an approval: when the question lapses (approvals.timeout_s).
+    wait_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,17 @@ class Note:
     key: str | None = None  # the call that saved it: the same key saves nothing twice (per user)
 
 
+@dataclass(frozen=True, slots=True)
+class ApprovalGrant:
+    """A person's standing yes to a tool: in one thread (`thread_id`), or everywhere (None)."""
+
+    id: str
+    user_id: str
+    tool: str
+    created_at: datetime
+    thread_id: str | None = None
+
+
 class AuditAction(StrEnum):
     USER_REGISTERED = "user.registered"
     ENGINE_CREATED = "engine.created"
@@ -86,6 +103,8 @@ class AuditAction(StrEnum):
     ENGINE_REJECTED = "engine.rejected"
     RUN_STARTED = "run.started"
     RUN_RESUMED = "run.resumed"
+    RUN_WAITING = "run.waiting"
+    APPROVAL_DECIDED = "approval.decided"
     RUN_ENDED = "run.ended"
 
 

@@ -16,6 +16,8 @@ class EventType(StrEnum):
     AGENT_STARTED = "agent_started"
     RUN_RESUMED = "run_resumed"
     AGENT_THINKING = "agent_thinking"
+    APPROVAL_REQUIRED = "approval_required"
+    APPROVAL_DECIDED = "approval_decided"
     TOOL_EXECUTING = "tool_executing"
     TOOL_COMPLETED = "tool_completed"
     AGENT_MESSAGE_DELTA = "agent_message_delta"
@@ -78,6 +80,39 @@ class AgentThinking(EventPayload):
 
     def data(self) -> dict[str, Any]:
         return {"text": self.text}
+
+
+@dataclass(slots=True)
+class ApprovalRequired(EventPayload):
+    """The run waits for a person to approve this tool call: its status becomes `waiting` (stored
+    with this event) and it holds no engine until the decision, or `expires_at`, comes."""
+
+    TYPE = EventType.APPROVAL_REQUIRED
+    tool_call_id: str
+    tool: str
+    arguments: Any
+    expires_at: str  # ISO-8601 UTC
+
+    def data(self) -> dict[str, Any]:
+        return {"tool_call_id": self.tool_call_id, "tool": self.tool, "arguments": self.arguments,
+                "expires_at": self.expires_at}
+
+
+@dataclass(slots=True)
+class ApprovalDecided(EventPayload):
+    """`by`: "user" (a person answered), "grant" (a standing yes answered) or "timeout"."""
+
+    TYPE = EventType.APPROVAL_DECIDED
+    tool_call_id: str
+    approved: bool
+    by: str
+    reason: str | None = None
+
+    def data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"tool_call_id": self.tool_call_id, "approved": self.approved, "by": self.by}
+        if self.reason is not None:
+            data["reason"] = self.reason
+        return data
 
 
 @dataclass(slots=True)
@@ -154,7 +189,8 @@ class AgentCancelled(EventPayload):
 # against it (tests/architecture/test_event_vocabulary.py).
 PAYLOADS: Mapping[EventType, type[EventPayload]] = MappingProxyType({
     payload.TYPE: payload for payload in (
-        AgentStarted, RunResumed, AgentThinking, ToolExecuting, ToolCompleted, AgentMessageDelta,
+        AgentStarted, RunResumed, AgentThinking, ApprovalRequired, ApprovalDecided, ToolExecuting,
+        ToolCompleted, AgentMessageDelta,
         AgentCompleted, AgentError, AgentCancelled,
     )
 })

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from domain.approval_policy import ApprovalGate
 from domain.checkpoints import Resumption
 from domain.context import UserExecutionContext
 from domain.emitter import RunEventEmitter
@@ -59,6 +60,7 @@ class ExecutionEngineFactory:
         clock: Clock,
         audit: AuditLog,
         limits: EngineLimits,
+        gate: ApprovalGate,
     ) -> None:
         if bridge is None:
             raise TypeError("ExecutionEngineFactory needs the event bridge; engines never run without it")
@@ -68,6 +70,7 @@ class ExecutionEngineFactory:
         self._clock = clock
         self._audit = audit
         self._limits = limits
+        self._gate = gate
         self._engines: dict[str, UserExecutionEngine] = {}
         self._per_user: defaultdict[str, int] = defaultdict(int)
         self._closed = False
@@ -115,6 +118,7 @@ class ExecutionEngineFactory:
             model=self._model,
             toolbox=self._toolbox,
             limits=self._limits,
+            gate=self._gate,
             resumption=resumption,
             _key=_FACTORY_KEY,
         )

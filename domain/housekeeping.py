@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Protocol
 
+from domain.approvals import WaitingRuns
 from domain.context import UserExecutionContext
 from domain.entities import AuditAction, AuditEntry, Run, RunStatus
 from domain.errors import LeaseLost, StorageUnavailable
@@ -27,6 +28,9 @@ class Resumer(Protocol):
 
 class Housekeeper:
     """Every run ends with exactly one terminal event, whoever ends it.
+
+    Runs waiting for an approval hold no lease and are never taken over: their question lapses
+    (approvals.timeout_s) and they end cancelled, by whichever process sweeps first.
 
     A run whose process stopped is taken over with the next lease epoch (so the old holder's
     writes are refused): a process that restarts takes back, at once, the runs it held before
@@ -50,6 +54,7 @@ class Housekeeper:
         retention: timedelta,
         resumer: Resumer,
         max_takeovers: int,
+        waiting: WaitingRuns,
     ) -> None:
         self._runs = runs
         self._events = events
@@ -61,6 +66,7 @@ class Housekeeper:
         self._retention = retention
         self._resumer = resumer
         self._max_takeovers = max_takeovers
+        self._waiting = waiting
         self._last_prune = None
 
     @property
@@ -91,8 +97,8 @@ class Housekeeper:
         taken = list(taken)
         resumable: list[Run] = []
         past_limit: list[Run] = []
-        for run in taken:  # the epoch counts the takeovers: each raised it by one
-            (resumable if run.lease_epoch <= self._max_takeovers else past_limit).append(run)
+        for run in taken:
+            (resumable if run.takeovers <= self._max_takeovers else past_limit).append(run)
         for _ in await self._end_all(past_limit, whose):
             self._registry.taken_over("interrupted")
         # Started runs first, then queued ones, each in the order they were made: a thread's lane
@@ -156,6 +162,7 @@ class Housekeeper:
         """Before the process takes new runs: end what its predecessor and dead processes left."""
         await self.take_back_at_boot()
         await self.recover_orphans()
+        await self._waiting.expire()
         await self._factory.sweep()
         await self.prune_events()
 
@@ -170,6 +177,7 @@ class Housekeeper:
 
     async def _sweep_and_prune(self) -> None:
         await self.recover_orphans()
+        await self._waiting.expire()
         await self._factory.sweep()
         await self.prune_events()
 

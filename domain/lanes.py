@@ -21,10 +21,11 @@ class ThreadLane:
     def __init__(self) -> None:
         self.active: str | None = None
         self._waiting: deque[tuple[str, asyncio.Future[bool]]] = deque()
+        self._beside: set[str] = set()  # runs going on beside the line (see RunRegistry.launch)
 
     @property
     def busy(self) -> bool:
-        return self.active is not None or bool(self._waiting)
+        return self.active is not None or bool(self._waiting) or bool(self._beside)
 
     @property
     def idle(self) -> bool:
@@ -32,6 +33,9 @@ class ThreadLane:
 
     def waiting_ids(self) -> list[str]:
         return [run_id for run_id, _ in self._waiting]
+
+    def going_ids(self) -> list[str]:
+        return [*([self.active] if self.active else []), *sorted(self._beside)]
 
     def join(self, run_id: str) -> asyncio.Future[bool]:
         """Take a place in line now (synchronously, so the next message sees the thread busy).
@@ -46,6 +50,13 @@ class ThreadLane:
             self._waiting.append((run_id, turn))
         return turn
 
+    def beside(self, run_id: str) -> asyncio.Future[bool]:
+        """A run that goes on beside the line: its turn is now, and nobody waits for it here."""
+        self._beside.add(run_id)
+        turn: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        turn.set_result(True)
+        return turn
+
     async def wait_turn(self, run_id: str, turn: asyncio.Future[bool]) -> bool:
         try:
             return await turn
@@ -57,6 +68,9 @@ class ThreadLane:
             raise
 
     def leave(self, run_id: str) -> None:
+        if run_id in self._beside:
+            self._beside.discard(run_id)
+            return
         if self.active != run_id:
             return
         self.active = None

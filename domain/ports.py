@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from domain.entities import AuditEntry, Message, Note, Run, Thread, User
+    from domain.entities import ApprovalGrant, AuditEntry, Message, Note, Run, Thread, User
     from domain.events import AgentEvent
     from domain.llm import ModelChunk, ModelRequest
 
@@ -134,7 +134,28 @@ class RunRepository(Protocol):
         ...
 
     async def count_unfinished(self, user_id: str) -> int:
-        """Runs of the user queued or running, on any process."""
+        """Runs of the user queued or running, on any process (a waiting run is not counted)."""
+        ...
+
+    async def waiting_in_thread(self, user_id: str, thread_id: str) -> Sequence[Run]:
+        """The thread's runs waiting for an approval."""
+        ...
+
+    async def unfinished_before(self, run: Run) -> Run | None:
+        """A run of `run`'s thread made before it (created_at, then id) that has not ended."""
+        ...
+
+    async def claim_waiting(self, run_id: str, *, owner: str, until: datetime,
+                            checkpoint: dict[str, Any] | None = None, grant: ApprovalGrant | None = None,
+                            unexpired_at: datetime | None = None) -> Run | None:
+        """Atomically take a waiting run for `owner` (running, a lease to `until`, the next epoch),
+        with, in the same transaction, its new checkpoint state and a grant to store; None if it
+        was not waiting (or its question lapsed before `unexpired_at`). One claimer wins."""
+        ...
+
+    async def claim_expired_waiting(self, *, owner: str, now: datetime, until: datetime,
+                                    limit: int = 100) -> Sequence[Run]:
+        """Claim (as claim_waiting) the waiting runs whose question lapsed before `now`."""
         ...
 
     async def renew_leases(self, owner: str, until: datetime, run_ids: Collection[str]) -> int:
@@ -175,6 +196,22 @@ class NoteRepository(Protocol):
         ...
 
     async def search(self, user_id: str, query: str, limit: int = 5) -> Sequence[Note]: ...
+
+    async def delete_matching(self, user_id: str, query: str) -> Sequence[Note]:
+        """Delete the user's notes that match the query (as search does, all of them); returns them."""
+        ...
+
+
+class ApprovalGrantRepository(Protocol):
+    """A user's standing approvals; written with a decision (RunRepository.claim_waiting)."""
+
+    async def list_for_user(self, user_id: str) -> Sequence[ApprovalGrant]: ...
+
+    async def delete(self, user_id: str, grant_id: str) -> bool: ...
+
+    async def covers(self, user_id: str, tool: str, thread_id: str) -> bool:
+        """A grant of the user for the tool, in this thread or always."""
+        ...
 
 
 class AuditLog(Protocol):

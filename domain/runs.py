@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,8 @@ class RunRegistry:
         self._stranded: dict[str, Run] = {}
         self._accepting = True
         self._takeovers: dict[str, int] = {"resumed": 0, "interrupted": 0}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}  # set by a cancel: ends a run's pause
         self._outcomes = {status.value: 0 for status in
                           (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)}
 
@@ -83,14 +86,16 @@ class RunRegistry:
 
     # -- starting and ending ------------------------------------------------------------------
 
-    def launch(self, run: Run, execute: Callable[[Run], Awaitable[None]]) -> bool:
+    def launch(self, run: Run, execute: Callable[[Run], Awaitable[None]], *, beside: bool = False) -> bool:
         """Queue the run in its thread's lane and start its task; True if it runs at once.
 
         Synchronous, so a second message sent at once sees the thread busy. `execute` runs when
         the run's turn comes, or at once when it was withdrawn first (it still has to end).
+        `beside`: a run that goes on (its approval decided, or taken over mid-run) runs beside the
+        line at once: it started before anything queued there, which waits for it (ChatService).
         """
         lane = self.lane(run.thread_id)
-        turn = lane.join(run.id)
+        turn = lane.beside(run.id) if beside else lane.join(run.id)
         self._pending[run.user_id] += 1
         self._runs[run.id] = run
         self._tasks[run.id] = asyncio.create_task(self._tracked(run, lane, turn, execute),
@@ -100,14 +105,11 @@ class RunRegistry:
     async def _tracked(self, run: Run, lane: ThreadLane, turn: asyncio.Future[bool],
                        execute: Callable[[Run], Awaitable[None]]) -> None:
         my_turn = False
-        timer: asyncio.TimerHandle | None = None
         try:
             my_turn = await lane.wait_turn(run.id, turn)
-            if my_turn:
-                timer = asyncio.get_running_loop().call_later(self._factory.limits.run_timeout_s, self.cancel,
-                                                              run.id, "timeout")
             await execute(run)
         finally:
+            timer = self._timers.pop(run.id, None)
             if timer is not None:
                 timer.cancel()
             if my_turn:
@@ -118,8 +120,22 @@ class RunRegistry:
             if self._pending[run.user_id] <= 0:
                 del self._pending[run.user_id]
             self._cancel_requests.pop(run.id, None)
+            self._wakeups.pop(run.id, None)
             self._tasks.pop(run.id, None)
             self._runs.pop(run.id, None)
+
+    async def pause(self, run_id: str, seconds: float) -> None:
+        """Sleep, but no longer than until the run is cancelled."""
+        wakeup = self._wakeups.setdefault(run_id, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await wakeup.wait()
+
+    def start_clock(self, run_id: str) -> None:
+        """The run's timeout counts from now (its engine's start, not its wait in line)."""
+        if run_id in self._tasks and run_id not in self._timers:
+            self._timers[run_id] = asyncio.get_running_loop().call_later(
+                self._factory.limits.run_timeout_s, self.cancel, run_id, "timeout")
 
     def ended(self, run: Run, status: RunStatus, detail: str | None) -> None:
         """Count the run's outcome (exported as runs by outcome) and log its end."""
@@ -154,6 +170,8 @@ class RunRegistry:
         if run is None:
             return False
         self._cancel_requests.setdefault(run_id, reason)
+        if (wakeup := self._wakeups.get(run_id)) is not None:
+            wakeup.set()
         engine = self._factory.engine_for(run.user_id, run_id)
         if engine is not None:
             engine.cancel(reason)
@@ -172,7 +190,7 @@ class RunRegistry:
         lane = self._lanes.get(thread_id)
         if lane is None:
             return
-        for run_id in [*lane.waiting_ids(), *([lane.active] if lane.active else [])]:
+        for run_id in [*lane.waiting_ids(), *lane.going_ids()]:
             self.cancel(run_id, "interrupted")
 
     async def drain(self, grace_s: float) -> None:

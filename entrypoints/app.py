@@ -45,6 +45,7 @@ async def _boot(app: web.Application) -> None:
     app[LIFECYCLE].services = Services(
         auth=await container.auth_service(),
         chat=await container.chat_service(),
+        approvals=await container.approval_service(),
         runs=await container.run_registry(),
         conversations=await container.conversation_service(),
         factory=await container.engine_factory(),

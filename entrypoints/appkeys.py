@@ -11,6 +11,7 @@ from adapters.bridge import AgentWebSocketBridge
 from adapters.persistence.database import Database
 from adapters.run_control import LocalRunControl, RedisRunControl
 from container import Container, Settings
+from domain.approvals import ApprovalService
 from domain.auth import AuthService
 from domain.chat import ChatService
 from domain.conversations import ConversationService
@@ -30,6 +31,7 @@ class Services:
 
     auth: AuthService
     chat: ChatService
+    approvals: ApprovalService
     runs: RunRegistry
     conversations: ConversationService
     factory: ExecutionEngineFactory

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, StrictStr
+from pydantic import BaseModel, Field, StrictBool, StrictStr
 
 from container.settings import LimitsSettings
+from domain.approval_policy import Remember
 
 MAX_ID_CHARS = 128
 # At least one character that is not white space (JSON Schema patterns match anywhere in the string).
@@ -25,3 +26,16 @@ def message_rules() -> dict[str, Any]:
 
 MessageText = Annotated[StrictStr, Field(description="Not blank; at most limits.max_message_chars "
                                                      "characters.", json_schema_extra=message_rules())]
+
+
+MAX_REASON_CHARS = 1000
+
+
+class ApprovalFields(BaseModel):
+    """A person's decision on a tool call: the `approval` frame and POST /api/runs/{run_id}/approvals."""
+
+    tool_call_id: Id
+    approve: StrictBool
+    reason: Annotated[StrictStr, Field(max_length=MAX_REASON_CHARS)] | None = None
+    remember: Remember | None = Field(None, description="With approve: answer yes for this tool from now "
+                                      "on, in this thread ('thread') or everywhere ('always').")

@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 from domain.lanes import Multitask
 from entrypoints.edge import check_text, load_json, plain
 from entrypoints.errors import ApiError
-from entrypoints.fields import MAX_ID_CHARS, Id, MessageText
+from entrypoints.fields import MAX_ID_CHARS, ApprovalFields, Id, MessageText
 from entrypoints.http.bodies import describe
 
 
@@ -101,11 +101,16 @@ class ResumeFrame(_Frame):
         return self
 
 
+class ApprovalFrame(_Frame, ApprovalFields):
+    type: Literal["approval"]
+    run_id: Id
+
+
 class PingFrame(_Frame):
     type: Literal["ping"]
 
 
-ClientFrame = ChatFrame | CancelFrame | ResumeFrame | PingFrame
+ClientFrame = ChatFrame | CancelFrame | ResumeFrame | ApprovalFrame | PingFrame
 Model = TypeVar("Model", bound=_Frame)
 
 

@@ -26,6 +26,17 @@ EVENT_DATA: dict[str, dict[str, Any]] = {
                          {"attempt": _INTEGER, "from_seq": _INTEGER, "text": _STRING}),
     "agent_thinking": _data("What the agent is doing, or the model's reasoning as it streams.",
                             {"text": _STRING}),
+    "approval_required": _data("The run waits for its user to approve this tool call (status "
+                               "`waiting`, holding no engine) until a decision or `expires_at`.",
+                               {"tool_call_id": _STRING, "tool": _STRING, "arguments": _ANY_JSON,
+                                "expires_at": {"type": "string", "format": "date-time"}}),
+    "approval_decided": {
+        **_data("The decision on an approval: by the user, a standing grant, or the timeout "
+                "(then the run ends agent_cancelled, reason approval_timeout).",
+                {"tool_call_id": _STRING, "approved": {"type": "boolean"},
+                 "by": {"type": "string", "enum": ["user", "grant", "timeout"]}, "reason": _STRING}),
+        "required": ["tool_call_id", "approved", "by"],
+    },
     "tool_executing": _data("Before a tool runs; `arguments` as the model gave them (a string when "
                             "they are not JSON).",
                             {"tool_call_id": _STRING, "tool": _STRING, "arguments": _ANY_JSON}),

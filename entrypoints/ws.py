@@ -103,8 +103,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     connection.hold_until_first_frame(FIRST_FRAME_PATIENCE_S)
     found.bridge.register(connection)
     expiry = _close_when_expired(connection, session.expires_at)
-    dispatcher = FrameDispatcher(chat=found.chat, conversations=found.conversations,
-                                 connection=connection,
+    dispatcher = FrameDispatcher(chat=found.chat, approvals=found.approvals,
+                                 conversations=found.conversations, connection=connection,
                                  request_id=request_id_of(request))
     # Faster than its frame pace or its user's budget, a socket is read later (TCP pushes back on
     # the sender): a flood costs the server next to nothing, and costs only its own user.

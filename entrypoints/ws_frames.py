@@ -9,11 +9,21 @@ from adapters.bridge import envelope_of
 from adapters.event_bus import Envelope
 from adapters.follow import Position, ReadStored, paged
 from adapters.websocket import SocketConnection
+from domain.approvals import ApprovalService
 from domain.chat import ChatService
 from domain.conversations import ConversationService
 from domain.errors import CursorExpired, DomainError, StorageUnavailable
 from entrypoints.errors import OUTAGE_ANSWERS
-from entrypoints.frames import CancelFrame, ChatFrame, ClientFrame, FrameError, PingFrame, ResumeFrame, parse
+from entrypoints.frames import (
+    ApprovalFrame,
+    CancelFrame,
+    ChatFrame,
+    ClientFrame,
+    FrameError,
+    PingFrame,
+    ResumeFrame,
+    parse,
+)
 
 
 def run_reader(conversations: ConversationService, user_id: str) -> Callable[[str], ReadStored]:
@@ -33,9 +43,10 @@ def run_reader(conversations: ConversationService, user_id: str) -> Callable[[st
 class FrameDispatcher:
     """Handles one socket's frames in order; every failure is an error frame, never a crash."""
 
-    def __init__(self, *, chat: ChatService, conversations: ConversationService,
+    def __init__(self, *, chat: ChatService, approvals: ApprovalService, conversations: ConversationService,
                  connection: SocketConnection, request_id: str) -> None:
         self._chat = chat
+        self._approvals = approvals
         self._conversations = conversations
         self._connection = connection
         self._request_id = request_id
@@ -72,6 +83,8 @@ class FrameDispatcher:
                                         client_message_id=frame.client_message_id)
             case ResumeFrame():
                 await self._resume_frame(frame)
+            case ApprovalFrame():
+                await self._approval_frame(frame)
             case PingFrame():
                 self._connection.send_json({"type": "pong"})
 
@@ -86,6 +99,11 @@ class FrameDispatcher:
         self._connection.send_json({"type": "ack", "client_message_id": frame.client_message_id,
                                     "run_id": run.id, "thread_id": run.thread_id,
                                     "status": run.status.value})
+
+    async def _approval_frame(self, frame: ApprovalFrame) -> None:
+        """The decision's events (approval_decided, then the tool) are the answer; no ack."""
+        await self._approvals.decide(self._connection.user_id, frame.run_id, frame.tool_call_id,
+                                     approve=frame.approve, reason=frame.reason, remember=frame.remember)
 
     async def _resume_frame(self, frame: ResumeFrame) -> None:
         user_id = self._connection.user_id

@@ -8,13 +8,14 @@ import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dependency_injector import providers
 
 from container import Container, Settings
-from domain.entities import AuditEntry, Message, Note, Role, Run, RunStatus, Thread, User
+from domain.approval_policy import ApprovalGate
+from domain.entities import ApprovalGrant, AuditEntry, Message, Note, Role, Run, RunStatus, Thread, User
 from domain.errors import Conflict, LeaseLost
 from domain.events import AgentEvent, EventType, run_end
 from domain.limits import EngineLimits
@@ -33,6 +34,14 @@ def toolbox(tools: Iterable[Tool | BlockingTool] = ()) -> ToolBox:
     """A toolbox with the settings' default tool timeout."""
     settings = Settings.model_construct()
     return ToolBox(tools, timeout_s=settings.limits.tool_timeout_s, pause_s=settings.tools.pause_s)
+
+
+def approval_gate(clock: Any = None, grants: InMemoryApprovalGrantRepository | None = None,
+                  timeout_s: float = 3600.0) -> ApprovalGate:
+    """The gate with nothing granted (or `grants`), for tests that build an agent by hand."""
+    return ApprovalGate(grants=grants or InMemoryApprovalGrantRepository(),
+                        clock=clock or FixedClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC)),
+                        timeout_s=timeout_s)
 
 
 class FixedClock:
@@ -56,6 +65,9 @@ class SequentialIds:
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._counter)}"
+
+
+_UNFINISHED = (RunStatus.QUEUED, RunStatus.RUNNING)  # a waiting run is neither: it holds nothing
 
 
 def _words(text: str) -> set[str]:
@@ -84,6 +96,36 @@ class InMemoryNoteRepository:
         # Best match first; among equals the newest, as a person would correct an old fact.
         matches.sort(key=lambda pair: (pair[0], pair[1].created_at), reverse=True)
         return [note for _, note in matches[:limit]]
+
+    async def delete_matching(self, user_id: str, query: str) -> Sequence[Note]:
+        wanted = {w for w in _words(query) if len(w) >= 3}
+        gone = [note for note in self.notes
+                if wanted and note.user_id == user_id and wanted <= _words(note.text)]
+        self.notes = [note for note in self.notes if note not in gone]
+        return gone
+
+
+class InMemoryApprovalGrantRepository:
+    def __init__(self) -> None:
+        self.grants: list[ApprovalGrant] = []
+
+    def add(self, grant: ApprovalGrant) -> None:
+        if not any((g.user_id, g.tool, g.thread_id) == (grant.user_id, grant.tool, grant.thread_id)
+                   for g in self.grants):
+            self.grants.append(grant)
+
+    async def list_for_user(self, user_id: str) -> Sequence[ApprovalGrant]:
+        return [g for g in self.grants if g.user_id == user_id]
+
+    async def delete(self, user_id: str, grant_id: str) -> bool:
+        kept = [g for g in self.grants if not (g.user_id == user_id and g.id == grant_id)]
+        deleted = len(kept) != len(self.grants)
+        self.grants = kept
+        return deleted
+
+    async def covers(self, user_id: str, tool: str, thread_id: str) -> bool:
+        return any(g.user_id == user_id and g.tool == tool and g.thread_id in (None, thread_id)
+                   for g in self.grants)
 
 
 class InMemoryUserRepository:
@@ -153,10 +195,13 @@ class InMemoryMessageRepository:
 
 
 class InMemoryRunRepository:
-    def __init__(self, threads: InMemoryThreadRepository, messages: InMemoryMessageRepository) -> None:
+    def __init__(self, threads: InMemoryThreadRepository, messages: InMemoryMessageRepository,
+                 grants: InMemoryApprovalGrantRepository | None = None) -> None:
         self.runs: dict[str, Run] = {}
+        self.checkpoints: dict[str, dict[str, Any]] = {}  # shared with the event log (as one database)
         self._threads = threads
         self._messages = messages
+        self._grants = grants or InMemoryApprovalGrantRepository()
 
     async def add(self, run: Run, message: Message | None = None, *, new_thread: Thread | None = None
                   ) -> None:
@@ -197,6 +242,13 @@ class InMemoryRunRepository:
             self._threads.threads[event.thread_id] = replace(self._threads.threads[event.thread_id],
                                                              updated_at=event.ts)
 
+    def wait(self, event: AgentEvent) -> None:
+        """What approval_required stores with it: the run waits, holding no lease."""
+        run = self.runs[event.run_id]
+        if run.status is RunStatus.RUNNING:
+            self.runs[run.id] = replace(run, status=RunStatus.WAITING, owner=None, lease_expires_at=None,
+                                        wait_expires_at=datetime.fromisoformat(event.data["expires_at"]))
+
     def refuses(self, event: AgentEvent) -> bool:
         """The event log's fence: the writer no longer holds the run, or the run ended."""
         if event.epoch is None:
@@ -205,23 +257,56 @@ class InMemoryRunRepository:
         return run is None or run.lease_epoch != event.epoch or run.status.is_final
 
     async def count_unfinished(self, user_id: str) -> int:
-        return sum(r.user_id == user_id and not r.status.is_final for r in self.runs.values())
+        return sum(r.user_id == user_id and r.status in _UNFINISHED for r in self.runs.values())
+
+    async def waiting_in_thread(self, user_id: str, thread_id: str) -> Sequence[Run]:
+        return sorted((r for r in self.runs.values() if r.user_id == user_id and r.thread_id == thread_id
+                       and r.status is RunStatus.WAITING), key=lambda r: (r.created_at, r.id))
+
+    async def unfinished_before(self, run: Run) -> Run | None:
+        return next(iter(sorted((r for r in self.runs.values()
+                                 if r.thread_id == run.thread_id and not r.status.is_final
+                                 and (r.created_at, r.id) < (run.created_at, run.id)),
+                                key=lambda r: (r.created_at, r.id))), None)
+
+    async def claim_waiting(self, run_id: str, *, owner: str, until: datetime,
+                            checkpoint: dict[str, Any] | None = None, grant: ApprovalGrant | None = None,
+                            unexpired_at: datetime | None = None) -> Run | None:
+        run = self.runs.get(run_id)
+        lapsed = unexpired_at is not None and (run is None or run.wait_expires_at is None
+                                               or run.wait_expires_at <= unexpired_at)
+        if run is None or run.status is not RunStatus.WAITING or lapsed:
+            return None
+        self.runs[run_id] = replace(run, status=RunStatus.RUNNING, owner=owner, lease_expires_at=until,
+                                    lease_epoch=run.lease_epoch + 1, wait_expires_at=None)
+        if checkpoint is not None:
+            self.checkpoints[run_id] = dict(checkpoint)
+        if grant is not None:
+            self._grants.add(grant)
+        return self.runs[run_id]
+
+    async def claim_expired_waiting(self, *, owner: str, now: datetime, until: datetime,
+                                    limit: int = 100) -> Sequence[Run]:
+        lapsed = [r.id for r in self.runs.values() if r.status is RunStatus.WAITING
+                  and r.wait_expires_at is not None and r.wait_expires_at <= now][:limit]
+        return [run for run_id in lapsed
+                if (run := await self.claim_waiting(run_id, owner=owner, until=until)) is not None]
 
     async def renew_leases(self, owner: str, until: datetime, run_ids: Collection[str]) -> int:
         mine = [r for r in self.runs.values()
-                if r.owner == owner and r.id in run_ids and not r.status.is_final]
+                if r.owner == owner and r.id in run_ids and r.status in _UNFINISHED]
         for run in mine:
             self.runs[run.id] = replace(run, lease_expires_at=until)
         return len(mine)
 
     async def take_over(self, *, new_owner: str, until: datetime, lapsed_before: datetime | None = None,
                         previous_owner: str | None = None, limit: int = 100) -> Sequence[Run]:
-        wanted = [r for r in self.runs.values() if not r.status.is_final and r.lease_expires_at is not None
+        wanted = [r for r in self.runs.values() if r.status in _UNFINISHED and r.lease_expires_at is not None
                   and (lapsed_before is None or r.lease_expires_at < lapsed_before)
                   and (previous_owner is None or r.owner == previous_owner)][:max(limit, 0)]
         for run in wanted:
             self.runs[run.id] = replace(run, owner=new_owner, lease_expires_at=until,
-                                        lease_epoch=run.lease_epoch + 1)
+                                        lease_epoch=run.lease_epoch + 1, takeovers=run.takeovers + 1)
         return sorted((self.runs[r.id] for r in wanted), key=lambda run: run.id)
 
 
@@ -232,7 +317,7 @@ class InMemoryEventLog:
     def __init__(self, runs: InMemoryRunRepository | None = None) -> None:
         self.events: list[AgentEvent] = []
         self.refused: list[AgentEvent] = []
-        self.checkpoints: dict[str, dict[str, Any]] = {}
+        self.checkpoints: dict[str, dict[str, Any]] = runs.checkpoints if runs is not None else {}
         self._runs = runs
         self._listener: Callable[[list[AgentEvent]], Awaitable[None]] | None = None
 
@@ -249,8 +334,11 @@ class InMemoryEventLog:
         self.events.append(stored)
         if event.checkpoint is not None:
             self.checkpoints[event.run_id] = dict(event.checkpoint)
-        if self._runs is not None and event.type.is_terminal and event.run_id in self._runs.runs:
-            self._runs.end(stored)
+        if self._runs is not None and event.run_id in self._runs.runs:
+            if event.type is EventType.APPROVAL_REQUIRED:
+                self._runs.wait(stored)
+            elif event.type.is_terminal:
+                self._runs.end(stored)
         return asyncio.ensure_future(self._hand_over(stored))
 
     def listen(self, listener: Callable[[list[AgentEvent]], Awaitable[None]] | None) -> None:

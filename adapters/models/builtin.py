@@ -46,6 +46,10 @@ _RECALL = (
     re.compile(r"\bwhat do you (?:know|remember) about\s+(?P<q>.+)", re.I | re.S),
     re.compile(r"\b(?:remind|tell) me\s+(?P<q>(?:what\s+)?my\s.+)", re.I | re.S),
 )
+_FORGET = re.compile(
+    r"^(?:(?:ok|okay|hey|so|please)[,!\s]+)*(?:(?:can|could|would|will) you\s+)?(?:please\s+)?"
+    r"(?:forget|delete|remove|erase)\s+(?:about\s+)?(?:(?:my|the)\s+notes?\s+(?:about|on|for|of)\s+)?"
+    r"(?P<q>.+?)[\s.!?]*$", re.I | re.S)
 _QUERY_EDGES = re.compile(r"^(?:what|my|the|about)\s+|\s+(?:is|was|are|were|again)$", re.I)
 _TIME = re.compile(
     r"\bwhat time (?:is it|it is)\b|\btime is it\b|\bwhat(?:'s| is)? the (?:time|date)\b"
@@ -77,6 +81,19 @@ def _remember(text: str) -> _ToolPlan | None:
     if match is None or text.endswith("?"):
         return None
     return _ToolPlan("save_note", {"text": match["fact"]}, "Saving that to your notes.")
+
+
+def _forget(text: str) -> _ToolPlan | None:
+    match = _FORGET.match(text)
+    if match is None:
+        return None
+    query = match["q"].strip()
+    while (trimmed := _QUERY_EDGES.sub("", query).strip()) != query:
+        query = trimmed
+    if not query:
+        return None
+    return _ToolPlan("delete_notes", {"query": query}, f'Deleting your notes about "{query}", '
+                     "once you approve.")
 
 
 def _recall(text: str) -> _ToolPlan | None:
@@ -118,7 +135,7 @@ def _arithmetic(text: str) -> _ToolPlan | None:
     return _ToolPlan("calculator", {"expression": candidate}, f"Calculating {candidate}.")
 
 
-_RULES: tuple[_Rule, ...] = (_remember, _recall, _time, _arithmetic)
+_RULES: tuple[_Rule, ...] = (_forget, _remember, _recall, _time, _arithmetic)
 
 _SELF = ("I'm goldenpath's built-in model: a handful of offline rules, not a language model. "
          "I pick a tool from what you write and put its result into words.")
@@ -138,6 +155,7 @@ _CAPABILITIES = (
     ("calculator", 'do arithmetic ("What is 17 * 23?")'),
     ("save_note", 'remember things for you ("Remember that my locker code is 4417")'),
     ("search_notes", 'recall them later ("What is my locker code?")'),
+    ("delete_notes", 'forget them, once you approve ("Forget my locker code")'),
     ("current_time", 'tell you the date and time ("What time is it?")'),
 )
 
@@ -207,6 +225,14 @@ def _found(result: Any, arguments: dict[str, Any]) -> str:
     return f"{answer} I also noted: {others}." if others else answer
 
 
+def _forgot(result: Any, arguments: dict[str, Any]) -> str:
+    query = str(arguments.get("query") or "that")
+    gone = [second_person(str(text)) for text in result["notes"]]
+    if not gone:
+        return f"I had nothing noted about {query}, so there was nothing to forget."
+    return f"Done: I forgot {'; '.join(gone)}."
+
+
 def _told_time(result: Any, arguments: dict[str, Any]) -> str:
     clock, _, day = str(result["human"]).partition(" on ")
     return f"It is {clock} {result['timezone']} on {day}."
@@ -214,12 +240,13 @@ def _told_time(result: Any, arguments: dict[str, Any]) -> str:
 
 _COMPOSERS: dict[str, Callable[[Any, dict[str, Any]], str]] = {
     "calculator": _calculated, "save_note": _saved, "search_notes": _found,
-    "current_time": _told_time,
+    "current_time": _told_time, "delete_notes": _forgot,
 }
 _FAILURES = {"calculator": "I couldn't calculate that",
              "save_note": "I couldn't save that note",
              "search_notes": "I couldn't search your notes",
-             "current_time": "I couldn't tell the time"}
+             "current_time": "I couldn't tell the time",
+             "delete_notes": "I couldn't delete those notes"}
 
 
 def _loads(text: str) -> Any:
@@ -235,6 +262,8 @@ def _answer_one(call: ToolCall | None, content: str) -> str:
     payload = _loads(content)
     if not isinstance(payload, dict) or ("error" not in payload and "result" not in payload):
         payload = {"error": "it answered something I could not read"}
+    if "error" in payload and str(payload["error"]).startswith("denied"):
+        return f"OK, I did not use {name}: you did not approve it."
     if "error" in payload:
         reason = str(payload["error"]).rstrip(". ")
         return f"{_FAILURES.get(name, f'The {name} tool failed')}: {reason}."

@@ -36,9 +36,15 @@ _TOUCH_THREAD = (update(threads).where(threads.c.id == bindparam("thread_id"))
 # Not status.in_(): an expanding IN cannot run as executemany.
 _END_RUN = (update(runs)
             .where(runs.c.id == bindparam("run_id"),
-                   or_(*(runs.c.status == status for status in (RunStatus.QUEUED, RunStatus.RUNNING))))
+                   or_(*(runs.c.status == status
+                         for status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING))))
             .values(status=bindparam("new_status"), finished_at=bindparam("new_finished_at"),
                     error=bindparam("new_error")))
+# approval_required: the run waits, holding no lease (nobody renews it, nobody takes it over).
+_WAIT_RUN = (update(runs)
+             .where(runs.c.id == bindparam("run_id"), runs.c.status == RunStatus.RUNNING)
+             .values(status=RunStatus.WAITING, owner=None, lease_expires_at=None,
+                     wait_expires_at=bindparam("until")))
 _NUMBERED_THROUGH = (select(func.max(event_log_state.c.value))
                      .where(event_log_state.c.name.in_((PRUNED_THROUGH, DELETED_THROUGH))))
 
@@ -231,6 +237,8 @@ class SqlAlchemyEventLog:
             rows = [row for _, row, _ in staged]
             if rows:
                 await self._insert(conn, rows)
+                await _wait_runs(conn, [event for event, _, _ in staged
+                                        if event.type is EventType.APPROVAL_REQUIRED])
                 await _end_runs(conn, [event for event, _, _ in staged if event.type.is_terminal])
                 await _save_checkpoints(conn, [event for event, _, _ in staged
                                                if event.checkpoint is not None])
@@ -321,6 +329,14 @@ async def _end_runs(conn: SqlConnection, terminal: list[AgentEvent]) -> None:
     if answers:
         await conn.execute(insert(messages), answers)
         await conn.execute(_TOUCH_THREAD, touches)
+
+
+async def _wait_runs(conn: SqlConnection, asking: list[AgentEvent]) -> None:
+    """A run that asks for an approval waits from the transaction that stores its question."""
+    if asking:
+        await conn.execute(_WAIT_RUN, [{"run_id": event.run_id,
+                                        "until": datetime.fromisoformat(event.data["expires_at"])}
+                                       for event in asking])
 
 
 async def _save_checkpoints(conn: SqlConnection, checkpointed: list[AgentEvent]) -> None:

@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from adapters.persistence.committer import Transaction
-from adapters.persistence.connection import SqlConnection, upsert_into
+from adapters.persistence.connection import SqlConnection
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import delete_thread_events
-from adapters.persistence.tables import messages, notes, runs, threads, users
-from domain.entities import Message, Note, Role, Run, RunStatus, Thread, User
+from adapters.persistence.grants import add_grant
+from adapters.persistence.tables import approval_grants, messages, run_checkpoints, runs, threads, users
+from domain.entities import ApprovalGrant, Message, Role, Run, RunStatus, Thread, User
 from domain.errors import Conflict, NotFound
 
 _UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
-_WORD = re.compile(r"\w+")
-_MAX_SEARCH_WORDS = 12
-_STOP_WORDS = frozenset({
-    "about", "all", "and", "any", "are", "can", "could", "did", "does", "for", "from", "had",
-    "has", "have", "her", "his", "how", "its", "just", "know", "let", "not", "note", "notes",
-    "now", "our", "please", "remember", "saved", "say", "said", "she", "should", "tell", "than",
-    "that", "the", "their", "them", "then", "there", "these", "they", "this", "was", "were",
-    "what", "when", "where", "which", "who", "whom", "why", "will", "with", "would", "you",
-    "your", "yours",
-})
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def search_words(query: str) -> list[str]:
-    """The words of `query` worth matching: 3+ characters, no stop words, first seen first."""
-    words = [w for w in _WORD.findall(query.casefold()) if len(w) >= 3 and w not in _STOP_WORDS]
-    return list(dict.fromkeys(words))[:_MAX_SEARCH_WORDS]
-
-
+_GOING = (*_UNFINISHED, RunStatus.WAITING.value)  # not ended: a waiting run is going, and holds nothing
 # The statements of the golden path, built once: building one costs more than running it on SQLite.
 _INSERT_THREAD = insert(threads)
 _INSERT_MESSAGE = insert(messages)
 _INSERT_RUN = insert(runs)
-_INSERT_NOTE = insert(notes)
 _TOUCH_THREAD = (update(threads).where(threads.c.id == bindparam("thread_id"))
                  .values(updated_at=bindparam("at")))
 _THREAD_OF_USER = select(threads).where(threads.c.id == bindparam("thread_id"),
@@ -59,6 +38,11 @@ _RUN_BY_CLIENT_MESSAGE_ID = select(runs).where(runs.c.user_id == bindparam("user
                                                runs.c.client_message_id == bindparam("key"))
 _COUNT_UNFINISHED = (select(func.count()).select_from(runs)
                      .where(runs.c.user_id == bindparam("user_id"), runs.c.status.in_(_UNFINISHED)))
+_WAITING_IN_THREAD = (select(runs)
+                      .where(runs.c.user_id == bindparam("user_id"),
+                             runs.c.thread_id == bindparam("thread_id"),
+                             runs.c.status == RunStatus.WAITING.value)
+                      .order_by(runs.c.created_at, runs.c.id))
 # Fenced: only the holder of the run's current lease epoch moves it on, and only while queued.
 _MARK_RUNNING = (update(runs)
                  .where(runs.c.id == bindparam("run_id"), runs.c.lease_epoch == bindparam("epoch"),
@@ -94,7 +78,8 @@ def _run_row(run: Run) -> dict[str, Any]:
             "status": run.status.value, "client_message_id": run.client_message_id,
             "created_at": run.created_at, "finished_at": run.finished_at, "error": run.error,
             "owner": run.owner, "lease_expires_at": run.lease_expires_at,
-            "lease_epoch": run.lease_epoch}
+            "lease_epoch": run.lease_epoch, "takeovers": run.takeovers,
+            "wait_expires_at": run.wait_expires_at}
 
 
 
@@ -190,6 +175,8 @@ class SqlAlchemyThreadRepository:
                 return False
             await conn.execute(delete(messages).where(messages.c.thread_id == thread_id))
             await conn.execute(delete(runs).where(runs.c.thread_id == thread_id))
+            await conn.execute(delete(approval_grants).where(approval_grants.c.user_id == user_id,
+                                                             approval_grants.c.thread_id == thread_id))
             await conn.execute(delete(threads).where(threads.c.id == thread_id))
             await delete_thread_events(conn, user_id, thread_id)
             return True
@@ -209,6 +196,13 @@ class SqlAlchemyMessageRepository:
 
 def _run(row: Any) -> Run:
     return Run(**{**row._mapping, "status": RunStatus(row.status)})
+
+
+def _claimed(owner: str, until: datetime) -> dict[str, Any]:
+    """A waiting run claimed: running again, leased to `owner`, at the next epoch (so a write of
+    anyone else who acted on it as waiting is refused)."""
+    return {"status": RunStatus.RUNNING.value, "owner": owner, "lease_expires_at": until,
+            "lease_epoch": runs.c.lease_epoch + 1, "wait_expires_at": None}
 
 
 class SqlAlchemyRunRepository:
@@ -286,7 +280,8 @@ class SqlAlchemyRunRepository:
         if previous_owner is not None:
             wanted.append(runs.c.owner == previous_owner)
         oldest = select(runs.c.id).where(*wanted).order_by(runs.c.lease_expires_at, runs.c.id)
-        values = {"owner": new_owner, "lease_expires_at": until, "lease_epoch": runs.c.lease_epoch + 1}
+        values = {"owner": new_owner, "lease_expires_at": until, "lease_epoch": runs.c.lease_epoch + 1,
+                  "takeovers": runs.c.takeovers + 1}
 
         async def claim(conn: SqlConnection) -> list[Run]:
             if conn.dialect.name == "postgresql":
@@ -327,52 +322,58 @@ class SqlAlchemyRunRepository:
             return []
         return [_run(row) for row in await conn.execute(select(runs).where(runs.c.id.in_(claimed)))]
 
+    async def waiting_in_thread(self, user_id: str, thread_id: str) -> Sequence[Run]:
+        async with self._db.reading() as conn:
+            rows = await conn.execute(_WAITING_IN_THREAD, {"user_id": user_id, "thread_id": thread_id})
+            return [_run(row) for row in rows]
+
+    async def unfinished_before(self, run: Run) -> Run | None:
+        earlier = or_(runs.c.created_at < run.created_at,
+                      and_(runs.c.created_at == run.created_at, runs.c.id < run.id))
+        query = (select(runs).where(runs.c.thread_id == run.thread_id, runs.c.user_id == run.user_id,
+                                    runs.c.status.in_(_GOING), earlier)
+                 .order_by(runs.c.created_at, runs.c.id).limit(1))
+        async with self._db.reading() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _run(row)
+
+    async def claim_waiting(self, run_id: str, *, owner: str, until: datetime,
+                            checkpoint: dict[str, Any] | None = None, grant: ApprovalGrant | None = None,
+                            unexpired_at: datetime | None = None) -> Run | None:
+        """One guarded UPDATE (still waiting, not lapsed) decides who claims; the new checkpoint
+        state and the grant are written in its transaction, or not at all."""
+        wanted = [runs.c.id == run_id, runs.c.status == RunStatus.WAITING.value]
+        if unexpired_at is not None:
+            wanted.append(runs.c.wait_expires_at > unexpired_at)
+
+        async def claim(conn: SqlConnection) -> Run | None:
+            result = await conn.execute(update(runs).where(*wanted).values(**_claimed(owner, until)))
+            if result.rowcount != 1:
+                return None
+            if checkpoint is not None:
+                await conn.execute(update(run_checkpoints).where(run_checkpoints.c.run_id == run_id).values(
+                    state=json.dumps(checkpoint, ensure_ascii=False, separators=(",", ":")),
+                    format=int(checkpoint["format"])))
+            if grant is not None:
+                await add_grant(conn, grant)
+            return _run((await conn.execute(select(runs).where(runs.c.id == run_id))).one())
+
+        return await self._db.write(claim)
+
+    async def claim_expired_waiting(self, *, owner: str, now: datetime, until: datetime,
+                                    limit: int = 100) -> Sequence[Run]:
+        wanted = [runs.c.status == RunStatus.WAITING.value, runs.c.wait_expires_at <= now]
+        oldest = select(runs.c.id).where(*wanted).order_by(runs.c.wait_expires_at, runs.c.id).limit(limit)
+
+        async def claim(conn: SqlConnection) -> list[Run]:
+            values = _claimed(owner, until)
+            if conn.dialect.name == "postgresql":
+                return await self._claim_skipping_locked(conn, oldest, wanted, values)
+            return await self._claim_one_by_one(conn, oldest, wanted, values)
+
+        return await self._db.write(claim)
+
     async def _one(self, query: Any, user_id: str, key: str) -> Run | None:
         async with self._db.reading() as conn:
             row = (await conn.execute(query, {"user_id": user_id, "key": key})).first()
         return None if row is None else _run(row)
-
-
-class SqlAlchemyNoteRepository:
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def add(self, note: Note) -> Note:
-        row = {"id": note.id, "user_id": note.user_id, "text": note.text, "created_at": note.created_at,
-               "key": note.key}
-        if note.key is None:
-
-            async def add_note(tx: Transaction) -> None:
-                tx.stage(_INSERT_NOTE, row, rank=_THREADS)  # references users only
-
-            await self._db.write(add_note)
-            return note
-
-        async def add_keyed(tx: Transaction) -> Note:
-            # Keyed: the same tool call run again (a takeover, or its stalled first runner woken)
-            # finds the note stored the first time. ON CONFLICT, not read-then-insert: two runs of
-            # the call at once must not fail the whole batch of writes on the unique index.
-            await tx.execute(upsert_into(tx.dialect, notes).on_conflict_do_nothing(
-                index_elements=[notes.c.user_id, notes.c.key]), row)
-            kept = select(notes).where(notes.c.user_id == note.user_id, notes.c.key == note.key)
-            return Note(**(await tx.execute(kept)).one()._mapping)
-
-        return await self._db.write(add_keyed)
-
-    async def search(self, user_id: str, query: str, limit: int = 5) -> Sequence[Note]:
-        """Notes holding the most of the query's words, newest first; no words: the newest."""
-        if limit <= 0:
-            return []
-        newest = (notes.c.created_at.desc(), notes.c.id.desc())
-        statement = select(notes).where(notes.c.user_id == user_id)
-        words = search_words(query)
-        if words:
-            hits = [notes.c.text.ilike(f"%{_escape_like(w)}%", escape="\\") for w in words]
-            score = sum((case((hit, 1), else_=0) for hit in hits), literal(0))
-            statement = statement.where(score > 0).order_by(score.desc(), *newest)
-        else:
-            statement = statement.order_by(*newest)
-        async with self._db.reading() as conn:
-            rows = await conn.execute(statement.limit(limit))
-            return [Note(**row._mapping) for row in rows]
-

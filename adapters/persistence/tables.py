@@ -105,8 +105,12 @@ runs = Table(
     Column("lease_expires_at", UtcDateTime(), nullable=True),
     # Raised by every takeover: an event or status written under an older epoch is refused (0004).
     Column("lease_epoch", Integer(), nullable=False, server_default="0"),
+    # Takeovers from a stopped process (runs.max_takeovers), and a waiting run's deadline (0006).
+    Column("takeovers", Integer(), nullable=False, server_default="0"),
+    Column("wait_expires_at", UtcDateTime(), nullable=True),
     UniqueConstraint("user_id", "client_message_id", name="uq_runs_user_id_client_message_id"),
     Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
+    Index("ix_runs_thread_id_created_at", "thread_id", "created_at"),
 )
 
 events = Table(
@@ -158,6 +162,18 @@ run_checkpoints = Table(
     Column("seq", Integer(), nullable=False),
     Column("state", Text(), nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# A user's standing approvals of a tool (0006): in one thread, or always ('' for thread_id).
+approval_grants = Table(
+    "approval_grants",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("user_id", String(ID), nullable=False),
+    Column("tool", String(NAME), nullable=False),
+    Column("thread_id", String(ID), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("user_id", "tool", "thread_id", name="uq_approval_grants_user_id_tool_thread_id"),
 )
 
 audit_log = Table(

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from domain.approval_policy import Policy
 from domain.context import UserExecutionContext
 from domain.errors import StorageUnavailable, ToolError
 from domain.llm import ToolSpec
@@ -30,6 +31,8 @@ class Tool(Protocol):
     """A tool. `call_key` names the call (the run's id and the model's tool_call_id): a tool with
     side effects uses it as its idempotency key, so the same call run twice does its work once.
     A tool may say `idempotent = True` (safe to run again after a takeover); without it, it is not.
+    A tool may say `approval = "ask"` (a person approves each call); without it, it runs ("auto").
+    Settings (approvals.tools) override either way.
     """
 
     spec: ToolSpec
@@ -82,8 +85,12 @@ def parse_arguments(spec: ToolSpec, raw: str) -> dict[str, Any]:
 class ToolBox:
     """The tools of a run: looks them up by name and turns every failure into a result."""
 
-    def __init__(self, tools: Iterable[Tool | BlockingTool], *, timeout_s: float, pause_s: float) -> None:
+    def __init__(self, tools: Iterable[Tool | BlockingTool], *, timeout_s: float, pause_s: float,
+                 policies: Mapping[str, str] | None = None) -> None:
         self._tools = {tool.spec.name: tool for tool in tools}
+        # Each tool's approval policy: the settings' word for it, else the tool's own, else auto.
+        self._policies = {name: Policy((policies or {}).get(name, getattr(tool, "approval", Policy.AUTO)))
+                          for name, tool in self._tools.items()}
         self._specs = tuple(tool.spec for tool in self._tools.values())
         self._timeout_s = timeout_s
         self._pause_s = pause_s  # before each call: demos and fault drills (settings tools.pause_ms)
@@ -94,6 +101,11 @@ class ToolBox:
 
     def names(self) -> list[str]:
         return list(self._tools)
+
+    def policy(self, name: str) -> Policy:
+        """Whether a call of this tool waits for its user's approval (an unknown tool: it fails
+        without running, so there is nothing to approve)."""
+        return self._policies.get(name, Policy.AUTO)
 
     def retry_safe(self, name: str) -> bool:
         """Whether a call of this tool cut off by a dead process may run again (unknown: no)."""

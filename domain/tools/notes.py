@@ -84,3 +84,28 @@ class SearchNotes:
         found = await self._notes.search(context.user_id, query, limit=SEARCH_LIMIT)
         return {"notes": [{"text": note.text, "created_at": note.created_at.isoformat()}
                           for note in found]}
+
+
+class DeleteNotes:
+    """Deletes the user's own notes that match a query ("Forget my locker code").
+
+    Asks its user first, by default (approvals.tools may say otherwise). Safe to run again after
+    a takeover: a second run deletes what still matches, which the first already deleted.
+    """
+
+    idempotent = True
+    approval = "ask"
+
+    spec = _spec("delete_notes", "Delete the user's notes that match a query, when they ask you to forget "
+                 "something. Their approval is asked first.", "query",
+                 "Words of the notes to delete, e.g. 'locker code'.")
+
+    def __init__(self, notes: NoteRepository) -> None:
+        self._notes = notes
+
+    async def __call__(
+        self, context: UserExecutionContext, arguments: Mapping[str, Any], *, call_key: str = ""
+    ) -> dict[str, Any]:
+        query = _text_argument(arguments, "query", MAX_QUERY_CHARS)
+        deleted = await self._notes.delete_matching(context.user_id, query)
+        return {"deleted": len(deleted), "notes": [note.text for note in deleted]}

@@ -7,9 +7,10 @@ from aiohttp import web
 from domain.events import EventType
 from domain.ports import IssuedToken
 from entrypoints.appkeys import LIFECYCLE, USER, services
+from entrypoints.errors import ApiError
 from entrypoints.http.bodies import read_body
-from entrypoints.http.schemas import ChatMessageBody, Credentials, PasswordChangeBody
-from entrypoints.http.views import message_view, run_view, thread_view
+from entrypoints.http.schemas import ApprovalBody, ChatMessageBody, Credentials, PasswordChangeBody
+from entrypoints.http.views import grant_view, message_view, run_view, thread_view
 from entrypoints.middlewares import request_id_of
 
 routes = web.RouteTableDef()
@@ -92,8 +93,34 @@ async def chat_message(request: web.Request) -> web.Response:
 
 @routes.get("/api/runs/{run_id}")
 async def get_run(request: web.Request) -> web.Response:
-    run = await services(request.app).conversations.run(_user_id(request), request.match_info["run_id"])
-    return web.json_response(run_view(run))
+    found = services(request.app)
+    run = await found.conversations.run(_user_id(request), request.match_info["run_id"])
+    return web.json_response(run_view(run, await found.approvals.pending(run)))
+
+
+@routes.post("/api/runs/{run_id}/approvals")
+async def decide_approval(request: web.Request) -> web.Response:
+    body = await read_body(request, ApprovalBody, invalid_code="validation_error")
+    run_id = request.match_info["run_id"]
+    if body.run_id is not None and body.run_id != run_id:
+        raise ApiError("validation_error", "'run_id' in the body names another run than the path.")
+    run = await services(request.app).approvals.decide(
+        _user_id(request), run_id, body.tool_call_id, approve=body.approve, reason=body.reason,
+        remember=body.remember)
+    return web.json_response({"run_id": run.id, "tool_call_id": body.tool_call_id, "approved": body.approve,
+                              "status": run.status.value}, status=202)
+
+
+@routes.get("/api/approvals/grants")
+async def list_grants(request: web.Request) -> web.Response:
+    grants = await services(request.app).approvals.grants(_user_id(request))
+    return web.json_response({"grants": [grant_view(grant) for grant in grants]})
+
+
+@routes.delete("/api/approvals/grants/{grant_id}")
+async def revoke_grant(request: web.Request) -> web.Response:
+    await services(request.app).approvals.revoke(_user_id(request), request.match_info["grant_id"])
+    return web.Response(status=204)
 
 
 @routes.post("/api/runs/{run_id}/cancel")

@@ -26,7 +26,7 @@ from domain.auth import USERNAME_PATTERN, PasswordPolicy
 from domain.entities import Role, RunStatus
 from domain.events import EventType
 from domain.lanes import Multitask
-from entrypoints.fields import MAX_ID_CHARS, NOT_BLANK, Id, MessageText, message_rules
+from entrypoints.fields import MAX_ID_CHARS, NOT_BLANK, ApprovalFields, Id, MessageText, message_rules
 
 # The ids this server gives out, as the OpenAPI document shows its path parameters.
 ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.:\-]{{0,{MAX_ID_CHARS - 1}}}$"
@@ -185,6 +185,13 @@ class ChatResult(_Reply):
     events: list[EventFrame]
 
 
+class PendingApproval(_Reply):
+    tool_call_id: str
+    tool: str
+    arguments: Any
+    expires_at: datetime
+
+
 class RunView(_Reply):
     run_id: str
     thread_id: str
@@ -192,6 +199,35 @@ class RunView(_Reply):
     created_at: datetime
     finished_at: datetime | SkipJsonSchema[None] = _absent_or("Absent until the run ends.")
     error: str | SkipJsonSchema[None] = _absent_or("Present when the run failed.")
+    pending_approvals: list[PendingApproval] | SkipJsonSchema[None] = _absent_or(
+        "Present while the run is waiting: the tool call it asks its user to approve.")
+
+
+class ApprovalBody(ApprovalFields):
+    """A decision on a tool call the run asked about (approval_required)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: Id | None = Field(None, description="Optional; when given, the run of the path.")
+
+
+class ApprovalAccepted(_Reply):
+    run_id: str
+    tool_call_id: str
+    approved: bool
+    status: RunStatus
+
+
+class GrantView(_Reply):
+    grant_id: str
+    tool: str
+    scope: Literal["thread", "always"]
+    thread_id: str | SkipJsonSchema[None] = _absent_or("Present for a grant in one thread.")
+    created_at: datetime
+
+
+class GrantList(_Reply):
+    grants: list[GrantView]
 
 
 class RunCancel(_Reply):

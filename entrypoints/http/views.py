@@ -5,20 +5,31 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from domain.entities import Message, Run, Thread
+from domain.entities import ApprovalGrant, Message, Run, Thread
 
 
 def iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
-def run_view(run: Run) -> dict[str, Any]:
+def run_view(run: Run, pending_approvals: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     view: dict[str, Any] = {"run_id": run.id, "thread_id": run.thread_id, "status": run.status.value,
                             "created_at": iso(run.created_at)}
     if run.finished_at is not None:
         view["finished_at"] = iso(run.finished_at)
     if run.error is not None:
         view["error"] = run.error
+    if pending_approvals:
+        view["pending_approvals"] = pending_approvals
+    return view
+
+
+def grant_view(grant: ApprovalGrant) -> dict[str, Any]:
+    view: dict[str, Any] = {"grant_id": grant.id, "tool": grant.tool,
+                            "scope": "always" if grant.thread_id is None else "thread",
+                            "created_at": iso(grant.created_at)}
+    if grant.thread_id is not None:
+        view["thread_id"] = grant.thread_id
     return view
 
 

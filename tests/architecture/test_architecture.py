@@ -18,7 +18,7 @@ from domain.context import UserExecutionContext
 from domain.engine import UserExecutionEngine
 from domain.errors import InvalidContext
 from domain.factory import ExecutionEngineFactory
-from tests.fakes import engine_limits, toolbox
+from tests.fakes import approval_gate, engine_limits, toolbox
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ["domain", "adapters", "container", "entrypoints"]
@@ -84,13 +84,13 @@ def context(**overrides: object) -> UserExecutionContext:
 def test_engine_cannot_be_built_outside_the_factory() -> None:
     with pytest.raises(TypeError, match="ExecutionEngineFactory"):
         UserExecutionEngine(context=context(), emitter=None, model=None, toolbox=toolbox(),  # type: ignore[arg-type]
-                            limits=engine_limits())
+                            limits=engine_limits(), gate=approval_gate())
 
 
 def test_factory_refuses_to_exist_without_its_bridge() -> None:
     with pytest.raises(TypeError, match="bridge"):
         ExecutionEngineFactory(bridge=None, model=None, toolbox=toolbox(), clock=None,  # type: ignore[arg-type]
-                               audit=None, limits=engine_limits())  # type: ignore[arg-type]
+                               audit=None, limits=engine_limits(), gate=approval_gate())  # type: ignore[arg-type]
 
 
 def test_context_has_one_constructor_keyword_only() -> None:

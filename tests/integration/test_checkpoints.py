@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from adapters.persistence.database import Database
-from adapters.persistence.repositories import SqlAlchemyNoteRepository
+from adapters.persistence.notes import SqlAlchemyNoteRepository
 from domain.entities import Note
 from domain.errors import LeaseLost
 from domain.events import EventType

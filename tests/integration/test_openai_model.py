@@ -30,7 +30,14 @@ from domain.llm import (
     UsageReport,
 )
 from domain.tools import builtin_tools
-from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds, engine_limits, toolbox
+from tests.fakes import (
+    FixedClock,
+    InMemoryNoteRepository,
+    SequentialIds,
+    approval_gate,
+    engine_limits,
+    toolbox,
+)
 from tests.helpers import eventually
 from tests.integration import fake_openai_server as reply
 from tests.integration.fake_openai_server import FakeOpenAI
@@ -171,7 +178,8 @@ async def run_the_agent(model: OpenAIChatModel, question: str) -> tuple[str, lis
     emitter = RunEventEmitter(context, publish, clock)
     try:
         answer = await run_agent(context=context, model=model, toolbox=tools,
-                                 emitter=emitter, state=state, limits=engine_limits(max_steps=4))
+                                 emitter=emitter, state=state, limits=engine_limits(max_steps=4),
+                                 gate=approval_gate())
     finally:
         await emitter.confirm()
     return answer, events, state

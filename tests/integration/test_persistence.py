@@ -17,9 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from adapters.persistence.audit_log import SqlAlchemyAuditLog
 from adapters.persistence.database import Database, alembic_config
 from adapters.persistence.event_log import SqlAlchemyEventLog
+from adapters.persistence.notes import SqlAlchemyNoteRepository
 from adapters.persistence.repositories import (
     SqlAlchemyMessageRepository,
-    SqlAlchemyNoteRepository,
     SqlAlchemyRunRepository,
     SqlAlchemyThreadRepository,
     SqlAlchemyUserRepository,
@@ -86,7 +86,7 @@ async def test_migrate_creates_every_table_and_twice_is_a_no_op(database: Databa
     assert await SqlAlchemyUserRepository(database).get("usr_a") is not None
     async with database.reading() as conn:
         assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).all() == [
-            ("0005",)
+            ("0006",)
         ]
 
 

@@ -13,6 +13,7 @@ from container import Container, Settings
 from tests.conftest import make_settings
 from tests.fakes import (
     FixedClock,
+    InMemoryApprovalGrantRepository,
     InMemoryAuditLog,
     InMemoryEventLog,
     InMemoryMessageRepository,
@@ -34,16 +35,18 @@ class Fakes:
     runs: InMemoryRunRepository
     notes: InMemoryNoteRepository
     users: InMemoryUserRepository
+    grants: InMemoryApprovalGrantRepository
 
 
 @pytest.fixture
 def fakes() -> Fakes:
     threads, messages = InMemoryThreadRepository(), InMemoryMessageRepository()
-    runs = InMemoryRunRepository(threads, messages)
+    grants = InMemoryApprovalGrantRepository()
+    runs = InMemoryRunRepository(threads, messages, grants)
     return Fakes(clock=FixedClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC)),
                  events=InMemoryEventLog(runs), audit=InMemoryAuditLog(), threads=threads,
                  messages=messages, runs=runs,
-                 notes=InMemoryNoteRepository(), users=InMemoryUserRepository())
+                 notes=InMemoryNoteRepository(), users=InMemoryUserRepository(), grants=grants)
 
 
 @pytest.fixture
@@ -66,4 +69,5 @@ def fake_container(fakes: Fakes, unit_settings: Settings) -> Container:
     container.messages.override(providers.Object(fakes.messages))
     container.runs.override(providers.Object(fakes.runs))
     container.notes.override(providers.Object(fakes.notes))
+    container.grants.override(providers.Object(fakes.grants))
     return container

@@ -22,6 +22,7 @@ from tests.e2e.test_cross_user import GatedModel
 from tests.e2e.test_faults import BurnCpu, ExplodingTool
 from tests.fakes import (
     FixedClock,
+    InMemoryApprovalGrantRepository,
     InMemoryAuditLog,
     InMemoryEventLog,
     InMemoryMessageRepository,
@@ -42,6 +43,7 @@ FAKES: dict[type, type] = {
     FixedClock: ports.Clock,
     SequentialIds: ports.IdGenerator,
     InMemoryNoteRepository: ports.NoteRepository,
+    InMemoryApprovalGrantRepository: ports.ApprovalGrantRepository,
     InMemoryUserRepository: ports.UserRepository,
     InMemoryThreadRepository: ports.ThreadRepository,
     InMemoryMessageRepository: ports.MessageRepository,
@@ -147,15 +149,21 @@ def test_the_check_itself_sees_a_missing_method_and_a_changed_parameter() -> Non
     class NoSearch:
         async def add(self, note: Any) -> None: ...
 
+        async def delete_matching(self, user_id: str, query: str) -> list[Any]: ...
+
     class WrongLimit:
         async def add(self, note: Any) -> None: ...
 
         async def search(self, user_id: str, query: str, limit: int = 10) -> list[Any]: ...
 
+        async def delete_matching(self, user_id: str, query: str) -> list[Any]: ...
+
     class NotAsync:
         def add(self, note: Any) -> None: ...
 
         async def search(self, user_id: str, query: str, limit: int = 5) -> list[Any]: ...
+
+        async def delete_matching(self, user_id: str, query: str) -> list[Any]: ...
 
     assert mismatches(NoSearch, ports.NoteRepository) == ["search: missing"]
     assert mismatches(WrongLimit, ports.NoteRepository) == [

@@ -86,7 +86,8 @@ def a_run_cut_off_mid_tool(fakes: Fakes, tool: str, *,
     fakes.messages.messages.append(Message(id="msg_1", thread_id="thr_a", user_id="usr_a", role=Role.USER,
                                            text="do it", created_at=now, run_id="run_a"))
     run = Run(id="run_a", user_id="usr_a", thread_id="thr_a", status=RunStatus.RUNNING, created_at=now,
-              owner="proc_dead", lease_expires_at=now - timedelta(seconds=61), lease_epoch=epoch - 1)
+              owner="proc_dead", lease_expires_at=now - timedelta(seconds=61), lease_epoch=epoch - 1,
+              takeovers=epoch - 1)
     fakes.runs.runs[run.id] = run
     call = ToolCall(id="call_1", name=tool, arguments="{}")
     checkpoint = {

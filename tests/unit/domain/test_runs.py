@@ -27,6 +27,7 @@ class Script:
 
     async def execute(self, r: Run) -> None:
         self.started.append(r.id)
+        self.registry.start_clock(r.id)  # as ChatService does when the run's engine starts
         release = self.release.setdefault(r.id, asyncio.Event())
         if self.registry.cancel_requested(r.id) is None:
             waiter = asyncio.ensure_future(release.wait())

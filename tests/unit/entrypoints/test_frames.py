@@ -81,7 +81,7 @@ def test_a_frame_that_is_no_object_with_a_string_type_is_invalid_message(raw: st
 def test_an_unknown_type_is_unknown_type_and_names_the_known_ones() -> None:
     error = refused('{"type": "dance", "client_message_id": "cm_9"}')
     assert error.code == "unknown_type" and error.client_message_id == "cm_9"
-    assert "chat, cancel, resume or ping" in error.message
+    assert "chat, cancel, resume, approval or ping" in error.message
     assert refused('{"type": "auth", "token": "t"}').code == "unknown_type"  # only as the first frame
     assert refused('{"type": "CHAT", "message": "hi"}').code == "unknown_type"
 

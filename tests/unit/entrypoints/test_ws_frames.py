@@ -59,7 +59,7 @@ class RecordingConnection:
 
 def dispatcher(chat: FakeChat) -> tuple[FrameDispatcher, RecordingConnection]:
     connection = RecordingConnection()
-    return FrameDispatcher(chat=chat, conversations=FakeConversations(),  # type: ignore[arg-type]
+    return FrameDispatcher(chat=chat, approvals=None, conversations=FakeConversations(),  # type: ignore[arg-type]
                            connection=connection, request_id="req_1"), connection  # type: ignore[arg-type]
 
 

@@ -13,7 +13,14 @@ from domain.emitter import RunEventEmitter
 from domain.events import AgentEvent, EventType
 from domain.llm import ChatMessage, ModelRequest, TextDelta, ToolCallDelta, UsageReport
 from domain.tools import builtin_tools
-from tests.fakes import FixedClock, InMemoryNoteRepository, SequentialIds, engine_limits, toolbox
+from tests.fakes import (
+    FixedClock,
+    InMemoryNoteRepository,
+    SequentialIds,
+    approval_gate,
+    engine_limits,
+    toolbox,
+)
 
 NOW = datetime(2026, 11, 21, 14, 3, tzinfo=UTC)
 
@@ -42,7 +49,7 @@ class Harness:
         try:
             return await run_agent(context=context, model=self.model, toolbox=self.toolbox,
                                    emitter=emitter, state=state,
-                                   limits=engine_limits(max_steps=4))
+                                   limits=engine_limits(max_steps=4), gate=approval_gate())
         finally:
             await emitter.confirm()  # events are pipelined: wait until all are published
 

@@ -75,8 +75,8 @@ async def test_refuses_an_empty_query(search: SearchNotes) -> None:
         await search(context_for("u_alice"), {"query": " "})
 
 
-def test_builtin_tools_are_the_four() -> None:
+def test_builtin_tools_are_the_five() -> None:
     tools = builtin_tools(notes=InMemoryNoteRepository(), ids=SequentialIds(),
                           clock=FixedClock(NOW))
     assert [tool.spec.name for tool in tools] == [
-        "calculator", "current_time", "save_note", "search_notes"]
+        "calculator", "current_time", "save_note", "search_notes", "delete_notes"]
