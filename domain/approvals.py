@@ -119,6 +119,15 @@ class ApprovalService:
         awaiting = (stored or {}).get("awaiting")
         return [dict(awaiting)] if awaiting else []
 
+    async def waiting(self, user_id: str) -> list[dict[str, Any]]:
+        """Every question the user has open, on any run and thread: what a client shows after a
+        reload or on another device."""
+        questions = []
+        for run in await self._runs.waiting_for_user(user_id):
+            for asked in await self.pending(run):
+                questions.append({"run_id": run.id, "thread_id": run.thread_id, **asked})
+        return questions
+
     async def decide(self, user_id: str, run_id: str, tool_call_id: str, *, approve: bool,
                      reason: str | None = None, remember: Remember | None = None) -> Run:
         """Answer the run's question; the run goes on here. NotFound: no such run of the user, or

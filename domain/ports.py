@@ -141,6 +141,10 @@ class RunRepository(Protocol):
         """The thread's runs waiting for an approval."""
         ...
 
+    async def waiting_for_user(self, user_id: str, limit: int = 100) -> Sequence[Run]:
+        """The user's runs waiting for an approval, oldest first."""
+        ...
+
     async def unfinished_before(self, run: Run) -> Run | None:
         """A run of `run`'s thread made before it (created_at, then id) that has not ended."""
         ...

@@ -37,6 +37,7 @@ from entrypoints.http.schemas import (
     MessageList,
     NotReady,
     OpenApiDocument,
+    OpenApprovalList,
     PasswordChangeBody,
     Readiness,
     Registration,
@@ -163,6 +164,9 @@ OPERATIONS: tuple[Operation, ...] = (
                           "`tool_call_id`; 409: already decided, expired, or the run ended. With "
                           "`remember` and `approve: true`, later calls of that tool are approved by "
                           "the grant (`approval_decided` `by: grant`)."),
+    Operation("get", "/api/approvals/pending", "pendingApprovals", "Every approval the caller has open",
+              "approvals", {200: Reply("The tool calls the caller's waiting runs ask about, oldest first.",
+                                       OpenApprovalList)}, _PRIVATE),
     Operation("get", "/api/approvals/grants", "listGrants", "The caller's standing approvals", "approvals",
               {200: Reply("Oldest first.", GrantList)}, _PRIVATE),
     Operation("delete", "/api/approvals/grants/{grant_id}", "revokeGrant", "Revoke a standing approval",

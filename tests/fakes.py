@@ -263,6 +263,10 @@ class InMemoryRunRepository:
         return sorted((r for r in self.runs.values() if r.user_id == user_id and r.thread_id == thread_id
                        and r.status is RunStatus.WAITING), key=lambda r: (r.created_at, r.id))
 
+    async def waiting_for_user(self, user_id: str, limit: int = 100) -> Sequence[Run]:
+        mine = (r for r in self.runs.values() if r.user_id == user_id and r.status is RunStatus.WAITING)
+        return sorted(mine, key=lambda r: (r.created_at, r.id))[:limit]
+
     async def unfinished_before(self, run: Run) -> Run | None:
         return next(iter(sorted((r for r in self.runs.values()
                                  if r.thread_id == run.thread_id and not r.status.is_final

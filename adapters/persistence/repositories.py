@@ -327,6 +327,12 @@ class SqlAlchemyRunRepository:
             rows = await conn.execute(_WAITING_IN_THREAD, {"user_id": user_id, "thread_id": thread_id})
             return [_run(row) for row in rows]
 
+    async def waiting_for_user(self, user_id: str, limit: int = 100) -> Sequence[Run]:
+        query = (select(runs).where(runs.c.user_id == user_id, runs.c.status == RunStatus.WAITING.value)
+                 .order_by(runs.c.created_at, runs.c.id).limit(limit))
+        async with self._db.reading() as conn:
+            return [_run(row) for row in await conn.execute(query)]
+
     async def unfinished_before(self, run: Run) -> Run | None:
         earlier = or_(runs.c.created_at < run.created_at,
                       and_(runs.c.created_at == run.created_at, runs.c.id < run.id))

@@ -7,7 +7,6 @@ from aiohttp import web
 from domain.events import EventType
 from domain.ports import IssuedToken
 from entrypoints.appkeys import LIFECYCLE, USER, services
-from entrypoints.errors import ApiError
 from entrypoints.http.bodies import read_body
 from entrypoints.http.schemas import ApprovalBody, ChatMessageBody, Credentials, PasswordChangeBody
 from entrypoints.http.views import grant_view, message_view, run_view, thread_view
@@ -101,14 +100,17 @@ async def get_run(request: web.Request) -> web.Response:
 @routes.post("/api/runs/{run_id}/approvals")
 async def decide_approval(request: web.Request) -> web.Response:
     body = await read_body(request, ApprovalBody, invalid_code="validation_error")
-    run_id = request.match_info["run_id"]
-    if body.run_id is not None and body.run_id != run_id:
-        raise ApiError("validation_error", "'run_id' in the body names another run than the path.")
+    run_id = request.match_info["run_id"]  # the path names the run; a body's run_id is not read
     run = await services(request.app).approvals.decide(
         _user_id(request), run_id, body.tool_call_id, approve=body.approve, reason=body.reason,
         remember=body.remember)
     return web.json_response({"run_id": run.id, "tool_call_id": body.tool_call_id, "approved": body.approve,
                               "status": run.status.value}, status=202)
+
+
+@routes.get("/api/approvals/pending")
+async def pending_approvals(request: web.Request) -> web.Response:
+    return web.json_response({"approvals": await services(request.app).approvals.waiting(_user_id(request))})
 
 
 @routes.get("/api/approvals/grants")

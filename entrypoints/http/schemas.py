@@ -203,12 +203,22 @@ class RunView(_Reply):
         "Present while the run is waiting: the tool call it asks its user to approve.")
 
 
+class OpenApproval(PendingApproval):
+    run_id: str
+    thread_id: str
+
+
+class OpenApprovalList(_Reply):
+    approvals: list[OpenApproval]
+
+
 class ApprovalBody(ApprovalFields):
     """A decision on a tool call the run asked about (approval_required)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    run_id: Id | None = Field(None, description="Optional; when given, the run of the path.")
+    run_id: Id | None = Field(None, description="Not read: the path names the run (taken so that the "
+                              "`approval` frame's fields can be sent as they are).")
 
 
 class ApprovalAccepted(_Reply):

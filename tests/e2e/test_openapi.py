@@ -124,6 +124,7 @@ class Caller:
     username: str = field(default_factory=lambda: f"fuzz_{secrets.token_hex(4)}")
     token: str = ""
     ids: dict[str, str] = field(default_factory=dict)
+    waiting: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         credentials = {"username": self.username, "password": PASSWORD}
@@ -131,6 +132,18 @@ class Caller:
         self.token = self._post("/api/auth/login", credentials).json()["access_token"]
         answer = self._post("/api/chat/message", {"message": "What is 2+2?", "wait": True}).json()
         self.ids = {"run_id": answer["run_id"], "thread_id": answer["thread_id"]}
+        # A grant (approved with remember), and a run still waiting for its approval.
+        granted = self._ask_approval()
+        self._post(f"/api/runs/{granted['run_id']}/approvals",
+                   {"tool_call_id": granted["tool_call_id"], "approve": True, "remember": "thread"})
+        self.waiting = self._ask_approval()
+        grants = self.http.get(self.base_url + "/api/approvals/grants", headers=self.auth, timeout=TIMEOUT_S)
+        self.ids["grant_id"] = grants.json()["grants"][0]["grant_id"]
+
+    def _ask_approval(self) -> dict[str, str]:
+        answer = self._post("/api/chat/message", {"message": "Forget my locker code", "wait": True}).json()
+        asked = next(e for e in answer["events"] if e["type"] == "approval_required")
+        return {"run_id": answer["run_id"], "tool_call_id": asked["data"]["tool_call_id"]}
 
     @property
     def auth(self) -> dict[str, str]:
@@ -157,6 +170,9 @@ def _directed(operation: schemathesis.APIOperation, caller: Caller) -> list[sche
             {"path_parameters": ids, "headers": {"Last-Event-ID": "999"}},  # after the end: it still ends
         ],
         "POST /api/agui": [{"body": agui}, {"body": agui}],  # the same runId again: the same run
+        "POST /api/runs/{run_id}/approvals": [
+            {"path_parameters": {"run_id": caller.waiting["run_id"]},
+             "body": {"tool_call_id": caller.waiting["tool_call_id"], "approve": True}}],
         "POST /api/auth/password": [  # last: it revokes the caller's token
             {"body": {"current_password": PASSWORD, "new_password": NEW_PASSWORD}}],
     }.get(label, [])
