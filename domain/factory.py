@@ -161,6 +161,11 @@ class ExecutionEngineFactory:
             self._audit.record(AuditEntry(user_id=user_id, action=AuditAction.ENGINE_CLEANED_UP,
                                           at=self._clock.now(), run_id=run_id))
 
+    def has_room(self, user_id: str) -> bool:
+        """Whether an engine for this user would be made now (within the per-user and total limits)."""
+        return (self._per_user.get(user_id, 0) < self._limits.max_engines_per_user
+                and len(self._engines) < self._limits.max_engines_total) and not self._closed
+
     def engine_for(self, user_id: str, run_id: str) -> UserExecutionEngine | None:
         engine = self._engines.get(run_id)
         if engine is None or engine._context.user_id != user_id:

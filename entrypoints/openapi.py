@@ -159,9 +159,10 @@ OPERATIONS: tuple[Operation, ...] = (
               "Approve or deny a tool call the run waits on", "approvals",
               {202: Reply("Decided: the run goes on (the tool runs, or completes `denied`).",
                           ApprovalAccepted)},
-              (400, 401, 404, 409, 413, 422, 503), body=ApprovalBody,
+              (400, 401, 404, 409, 413, 422, 429, 503), body=ApprovalBody,
               description="404: no such run of the caller's, or it asked for no approval of that "
-                          "`tool_call_id`; 409: already decided, expired, or the run ended. With "
+                          "`tool_call_id`; 409: already decided, expired, or the run ended; 429: the "
+                          "caller has as many runs going as they may (the run still waits). With "
                           "`remember` and `approve: true`, later calls of that tool are approved by "
                           "the grant (`approval_decided` `by: grant`)."),
     Operation("get", "/api/approvals/pending", "pendingApprovals", "Every approval the caller has open",
