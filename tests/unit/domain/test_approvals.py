@@ -138,7 +138,8 @@ async def test_a_grant_answers_later_calls_in_its_scope(fake_container: Containe
     await chat.wait("usr_a", run.id)
     [grant] = await approvals.grants("usr_a")
     assert grant.tool == "delete_notes" and grant.thread_id == run.thread_id
-    again = (await chat.submit(user_id="usr_a", text="forget it", request_id="r", thread_id=run.thread_id)).run
+    again = (await chat.submit(user_id="usr_a", text="forget it", request_id="r",
+                               thread_id=run.thread_id)).run
     await chat.wait("usr_a", again.id)
     by_grant = [e for e in fakes.events.events if e.run_id == again.id and e.type.value == "approval_decided"]
     assert [e.data["by"] for e in by_grant] == ["grant"] and "approval_required" not in types(fakes, again.id)
@@ -173,7 +174,8 @@ async def test_cancel_ends_a_waiting_run_once(fake_container: Container, fakes: 
     chat, approvals, _ = await started(fake_container, forget(), answer("done"))
     run = await waiting_run(fakes, chat)
     await asyncio.gather(chat.cancel("usr_a", run_id=run.id), chat.cancel("usr_a", run_id=run.id))
-    assert types(fakes, run.id)[-1] == "agent_cancelled" and types(fakes, run.id).count("agent_cancelled") == 1
+    kinds = types(fakes, run.id)
+    assert kinds[-1] == "agent_cancelled" and kinds.count("agent_cancelled") == 1
     assert fakes.runs.runs[run.id].status is RunStatus.CANCELLED
     with pytest.raises(Conflict):
         await approvals.decide("usr_a", run.id, "call_1", approve=True)
@@ -183,7 +185,7 @@ async def test_a_run_taken_over_after_its_decision_does_not_ask_again(fake_conta
                                                                        fakes: Fakes) -> None:
     """The decision is stored with the claim: a process that dies before the tool ran leaves a
     run that goes on, with the decision, wherever it is taken over."""
-    chat, approvals, housekeeper = await started(fake_container, forget(), answer("done"))
+    chat, _, housekeeper = await started(fake_container, forget(), answer("done"))
     run = await waiting_run(fakes, chat)
     state = restore(fakes.events.checkpoints[run.id])
     state.decide("call_1", approved=True, by="user")
