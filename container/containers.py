@@ -270,7 +270,7 @@ class Container(containers.DeclarativeContainer):
     )
     approval_service = providers.Singleton(
         ApprovalService, runs=runs, events=event_log, grants=grants, resumer=chat_service,
-        factory=engine_factory, audit=audit_log, clock=clock, ids=ids, lease=lease,
+        factory=engine_factory, registry=run_registry, audit=audit_log, clock=clock, ids=ids, lease=lease,
     )
     housekeeper = providers.Singleton(
         Housekeeper,

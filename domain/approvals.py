@@ -20,7 +20,7 @@ from domain.approval_policy import APPROVAL_TIMEOUT, Remember, iso
 from domain.checkpoints import CheckpointUnreadable, RunState, restore
 from domain.context import UserExecutionContext
 from domain.entities import ApprovalGrant, AuditAction, AuditEntry, Run, RunStatus
-from domain.errors import Conflict, LeaseLost, LimitExceeded, NotFound
+from domain.errors import Conflict, LeaseLost, LimitExceeded, NotFound, ServerDraining
 from domain.events import AgentCancelled, ApprovalDecided
 from domain.factory import ExecutionEngineFactory
 from domain.leases import LeasePolicy
@@ -100,10 +100,11 @@ class ApprovalService:
     """A person's decisions and standing grants; another user's run or grant is never found."""
 
     def __init__(self, *, runs: RunRepository, events: EventLog, grants: ApprovalGrantRepository,
-                 resumer: Resumer, factory: ExecutionEngineFactory, audit: AuditLog, clock: Clock,
-                 ids: IdGenerator, lease: LeasePolicy) -> None:
+                 resumer: Resumer, factory: ExecutionEngineFactory, registry: RunRegistry,
+                 audit: AuditLog, clock: Clock, ids: IdGenerator, lease: LeasePolicy) -> None:
         self._runs = runs
         self._factory = factory
+        self._registry = registry
         self._events = events
         self._grants = grants
         self._resumer = resumer
@@ -149,6 +150,8 @@ class ApprovalService:
         now = self._clock.now()
         if str(awaiting.get("expires_at", "")) <= iso(now):
             raise Conflict("That approval expired; the run ends as cancelled.")
+        if not self._registry.accepting:
+            raise ServerDraining("The server is shutting down; send your decision again in a moment.")
         if not self._factory.has_room(user_id):
             # Checked before the claim: refused here, the run still waits and nothing is lost.
             raise LimitExceeded("You have as many runs going as you may; decide again when one ends.")
