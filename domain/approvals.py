@@ -80,6 +80,8 @@ class WaitingRuns:
                                       at=self._clock.now(), run_id=run.id, outcome="cancelled",
                                       detail=reason))
         self._registry.ended(run, RunStatus.CANCELLED, reason)
+        if timed_out is not None:
+            self._registry.approval("timed_out")
 
 
 class Resumer(Protocol):
@@ -171,6 +173,7 @@ class ApprovalService:
                                       run_id=run.id, outcome="approved" if approve else "denied",
                                       detail=f"{awaiting['tool']} {tool_call_id}"))
         log.info("run %s: %s %s by its user", run.id, tool_call_id, "approved" if approve else "denied")
+        self._registry.approval("approved" if approve else "denied")
         self._resumer.go_on(claimed)
         return claimed
 

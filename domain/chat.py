@@ -277,6 +277,7 @@ class ChatService:
             self._audit.record(AuditEntry(user_id=run.user_id, action=AuditAction.RUN_WAITING,
                                           at=self._clock.now(), run_id=run.id))
             log.info("run %s waits for its user's approval; it holds no engine meanwhile", run.id)
+            self._registry.approval("asked")
             return
         if outcome.cancel_reason == "timeout":
             self._factory.note_timeout()

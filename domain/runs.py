@@ -14,6 +14,9 @@ from domain.lanes import ThreadLane
 
 log = logging.getLogger(__name__)
 
+# What `approval()` counts: questions asked, and how they were decided.
+APPROVAL_OUTCOMES = ("asked", "approved", "denied", "timed_out")
+
 # How long a drain waits for the runs it cancelled to write their end, after the grace period.
 _CANCELLED_RUNS_GRACE_S = 5.0
 
@@ -37,6 +40,7 @@ class RunRegistry:
         self._stranded: dict[str, Run] = {}
         self._accepting = True
         self._takeovers: dict[str, int] = {"resumed": 0, "interrupted": 0}
+        self._approvals: dict[str, int] = dict.fromkeys(APPROVAL_OUTCOMES, 0)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._wakeups: dict[str, asyncio.Event] = {}  # set by a cancel: ends a run's pause
         self._outcomes = {status.value: 0 for status in
@@ -148,6 +152,13 @@ class RunRegistry:
 
     def takeovers(self) -> dict[str, int]:
         return dict(self._takeovers)
+
+    def approval(self, outcome: str) -> None:
+        """Count an approval asked on this process, or decided here (APPROVAL_OUTCOMES)."""
+        self._approvals[outcome] = self._approvals.get(outcome, 0) + 1
+
+    def approvals(self) -> dict[str, int]:
+        return dict(self._approvals)
 
     def outcomes(self) -> dict[str, int]:
         """Runs of this process that ended, by final status (completed, failed, cancelled)."""

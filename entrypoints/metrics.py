@@ -32,6 +32,7 @@ from prometheus_client.utils import floatToGoString
 
 from adapters.websocket import SocketConnection
 from domain.factory import CREATION_BUCKETS_S
+from domain.runs import APPROVAL_OUTCOMES
 from entrypoints.appkeys import LIFECYCLE, Lifecycle
 
 LAG_INTERVAL_S = 0.5
@@ -141,6 +142,12 @@ class ServerCollector(Collector):
         yield taken
         yield CounterMetricFamily("goldenpath_runs_resumed", "Runs this process resumed from their "
                                   "checkpoint after a takeover.", value=takeovers.get("resumed", 0))
+        approvals = services.runs.approvals() if services is not None else {}
+        asked = CounterMetricFamily("goldenpath_approvals", "Approvals on this process: questions asked "
+                                    "(a run began to wait), and decisions by outcome.", labels=["outcome"])
+        for outcome in APPROVAL_OUTCOMES:
+            asked.add_metric([outcome], approvals.get(outcome, 0))
+        yield asked
         yield GaugeMetricFamily("goldenpath_runs_active", "Runs going or queued on this process.",
                                 value=services.runs.active if services is not None else 0)
 

@@ -291,6 +291,8 @@ async def test_a_hundred_users_wait_with_no_engine_and_each_decides_only_their_o
         assert status == 404 and body["error"]["code"] == "not_found"
     results = await asyncio.gather(*(decide(user, run_id, call_id) for user, run_id, call_id in waiting))
     assert all(status == 202 for status, _ in results)
+    counted = (await server.container.run_registry()).approvals()
+    assert counted["asked"] == 100 and counted["approved"] == 100
 
     async def ended(user: User, run_id: str) -> bool:
         return (await user.http("GET", f"/api/runs/{run_id}"))[1]["status"] == "completed"
