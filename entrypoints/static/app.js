@@ -1,10 +1,11 @@
 // goldenpath web chat's entry module: wires the modules in js/ to the page and to each other, and starts.
 // Plain ES modules, no dependencies, no build step. Lowest first: dom, state, api, sidebar, composer,
-// socket, run_render, run_view, conversation, threads, sending, connection, auth; each imports only
-// from below it, and the few calls upward go through the hooks set here.
+// socket, approval_card, approvals, run_render, run_view, conversation, threads, sending, connection,
+// auth; each imports only from below it, and the few calls upward go through the hooks set here.
 // Every piece of user or model text reaches the page through textContent, never innerHTML.
 
 import { whenUnauthorized } from "./js/api.js";
+import { whenAskingChanged } from "./js/approvals.js";
 import { enterChat, logout, onAuthSubmit, setToken, showAuthNote, showView } from "./js/auth.js";
 import { autosize, hideComposerError } from "./js/composer.js";
 import { onFrame } from "./js/connection.js";
@@ -24,6 +25,7 @@ const SESSION_EXPIRED = "Your session has expired. Please log in again.";
 whenUnauthorized(() => logout(SESSION_EXPIRED));
 setSocketHandlers({ onFrame, onSessionExpired: () => logout(SESSION_EXPIRED) });
 whenRunEndedUnseen(() => scheduleHistoryReload(100));
+whenAskingChanged(() => renderThreads());
 whenThreadGone(() => {
   writeHash(null, { replace: true });
   renderThreads();

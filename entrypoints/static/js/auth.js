@@ -1,5 +1,6 @@
 // Views and signing in: the login form, entering the chat, logging out.
 import { api, ApiError } from "./api.js";
+import { loadPendingApprovals } from "./approvals.js";
 import { hideComposerError, showComposerError } from "./composer.js";
 import { loadHistory, renderConversation } from "./conversation.js";
 import { storageSet } from "./dom.js";
@@ -98,7 +99,7 @@ export async function enterChat() {
   state.threadId = threadFromHash();
   renderThreads();
   renderConversation(null);
-  await Promise.allSettled([loadThreads(), loadHistory({ quiet: true })]);
+  await Promise.allSettled([loadThreads(), loadHistory({ quiet: true }), loadPendingApprovals()]);
   if (!state.token) return;
   connect();
   if (!NARROW.matches) ui.input.focus();
@@ -114,6 +115,7 @@ export function logout(note) {
   state.threadId = null;
   state.runs.clear();
   state.pending.clear();
+  state.asking.clear();
   state.historyRequest += 1;
   ui.threadList.replaceChildren();
   ui.conversation.replaceChildren();

@@ -1,4 +1,5 @@
 // What arrives over the WebSocket: ready (resume and resend), acks, errors, and run events.
+import { approvalRefused, loadPendingApprovals } from "./approvals.js";
 import { autosize, showComposerError, updateComposer } from "./composer.js";
 import { keepingScroll, loadHistory, scheduleHistoryReload } from "./conversation.js";
 import { storageSet } from "./dom.js";
@@ -63,6 +64,7 @@ function onReady() {
   // Whatever happened while away: the thread list and this chat's history, merged in place.
   loadThreads();
   if (state.threadId) loadHistory();
+  loadPendingApprovals();
   updateComposer();
 }
 
@@ -112,6 +114,7 @@ function onAck(frame) {
 
 function onErrorFrame(frame) {
   if (frame.code === "unknown_type") return; // e.g. a server that does not know "resume" yet
+  if (approvalRefused(frame)) return; // the approval card says so
   const rv = frame.client_message_id ? state.pending.get(frame.client_message_id) : null;
   if (rv && !rv.done) {
     if (rv.cancelRequested) {

@@ -1,5 +1,6 @@
 // The conversation: history merged with live runs, without redrawing what is already there.
 import { api } from "./api.js";
+import { showPendingApprovals } from "./approvals.js";
 import { showComposerError, updateComposer } from "./composer.js";
 import { h } from "./dom.js";
 import { userBubble } from "./run_render.js";
@@ -94,6 +95,7 @@ export function renderConversation(messages) {
   const empty = desired.length === 0;
   ui.emptyState.hidden = !(empty && (messages !== null || state.threadId === null));
   ui.conversation.classList.toggle("is-empty", empty);
+  showPendingApprovals();
   for (const rv of toCheck) rv.checkStatus();
   updateComposer();
 }

@@ -1,4 +1,4 @@
-// Rendering helpers for a run's timeline: thinking lines, tool cards, usage, the copy button, user bubbles.
+// Rendering helpers for a run's timeline: thinking lines, tool cards, stops, usage, the copy button, user bubbles.
 import { h, formatValue, formatDuration, plural } from "./dom.js";
 
 /** One line of the model's reasoning. */
@@ -37,14 +37,42 @@ export function toolCard(id, name, args) {
   return { card, state: stateEl, duration };
 }
 
+/** A tool card's ending (tool_completed): done with its result, or failed with its error; how long it took. */
+export function completeToolCard(entry, data) {
+  const failed = data.error !== undefined && data.error !== null;
+  entry.card.classList.remove("is-running");
+  entry.card.classList.toggle("is-error", failed);
+  entry.card.dataset.status = failed ? "error" : "ok";
+  entry.state.replaceChildren(failed ? "failed" : "done");
+  const took = formatDuration(data.duration_ms);
+  if (took) {
+    entry.duration.textContent = took;
+    entry.duration.hidden = false;
+  }
+  let shown = failed ? data.error : data.result;
+  if (failed && shown && typeof shown === "object" && typeof shown.message === "string") shown = shown.message;
+  entry.card.append(toolOutcome(failed, shown));
+}
+
 /** A finished tool call's result, or its error. */
-export function toolOutcome(failed, shown) {
+function toolOutcome(failed, shown) {
   return h("div", { class: "tool-section" },
     h("span", { class: "tool-label" }, failed ? "Error" : "Result"),
     h("pre", {
       class: failed ? "tool-json tool-error" : "tool-json",
       "data-testid": failed ? "tool-error" : "tool-result",
     }, formatValue(shown)));
+}
+
+/** What a stopped run says, from agent_cancelled's reason. */
+export function stoppedText(reason) {
+  const reasons = {
+    interrupted: "a newer message took over",
+    timeout: "it took too long",
+    shutdown: "the server was restarting",
+    approval_timeout: "nobody answered the approval in time",
+  };
+  return !reason || reason === "user" ? "Stopped" : `Stopped: ${reasons[reason] || reason}`;
 }
 
 /** A run's usage as one line ("2 tool calls · 1 model call · 812 tokens · 3.4 s"), or "" if none. */

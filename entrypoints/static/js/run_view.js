@@ -1,8 +1,9 @@
 // One run's live timeline (RunView): applies the run's events to its DOM, stops it, asks what became of it.
 import { api } from "./api.js";
+import { approvalDecided, approvalsEnded, askApproval, shownAsDenied } from "./approvals.js";
 import { updateComposer, showComposerError } from "./composer.js";
-import { h, formatDuration } from "./dom.js";
-import { copyButton, thinkingStep, toolCard, toolOutcome, usageText } from "./run_render.js";
+import { h } from "./dom.js";
+import { completeToolCard, copyButton, stoppedText, thinkingStep, toolCard, usageText } from "./run_render.js";
 import { conn, send } from "./socket.js";
 import { state } from "./state.js";
 
@@ -29,6 +30,7 @@ export class RunView {
     this.replayRequested = false;
     this.statusCheckedAt = 0;
     this.tools = new Map();
+    this.approvals = new Map(); // tool_call_id -> ApprovalCard
     this.answerText = "";
     this.userEl = null;
 
@@ -67,6 +69,7 @@ export class RunView {
     this.done = false;
     this.fromHistory = false;
     this.tools.clear();
+    this.approvals.clear();
     this.answerText = "";
     this.stepsEl.replaceChildren();
     this.answerEl.replaceChildren();
@@ -98,6 +101,12 @@ export class RunView {
       case "agent_thinking":
         this.setStatus("running");
         this.thinking(typeof data.text === "string" ? data.text : "");
+        break;
+      case "approval_required":
+        askApproval(this, data);
+        break;
+      case "approval_decided":
+        approvalDecided(this, data);
         break;
       case "tool_executing":
         this.setStatus("running");
@@ -150,20 +159,9 @@ export class RunView {
 
   toolCompleted(data) {
     const id = data.tool_call_id || `tool_${this.tools.size}`;
+    if (!this.tools.has(id) && shownAsDenied(this, data)) return;
     const entry = this.tools.get(id) || this.toolExecuting({ tool_call_id: id, tool: data.tool });
-    const failed = data.error !== undefined && data.error !== null;
-    entry.card.classList.remove("is-running");
-    entry.card.classList.toggle("is-error", failed);
-    entry.card.dataset.status = failed ? "error" : "ok";
-    entry.state.replaceChildren(failed ? "failed" : "done");
-    const took = formatDuration(data.duration_ms);
-    if (took) {
-      entry.duration.textContent = took;
-      entry.duration.hidden = false;
-    }
-    let shown = failed ? data.error : data.result;
-    if (failed && shown && typeof shown === "object" && typeof shown.message === "string") shown = shown.message;
-    entry.card.append(toolOutcome(failed, shown));
+    completeToolCard(entry, data);
   }
 
   /** Another server process took the run over: what the cut-off step streamed is superseded. */
@@ -216,13 +214,7 @@ export class RunView {
 
   cancelled(data) {
     const reason = typeof data.reason === "string" ? data.reason : "user";
-    const reasons = {
-      interrupted: "a newer message took over",
-      timeout: "it took too long",
-      shutdown: "the server was restarting",
-    };
-    const text = !reason || reason === "user" ? "Stopped" : `Stopped: ${reasons[reason] || reason}`;
-    this.statusEl.replaceChildren(h("span", {}, text));
+    this.statusEl.replaceChildren(h("span", {}, stoppedText(reason)));
     this.statusEl.className = "run-status run-stopped";
     this.statusEl.hidden = false;
     this.answerEl.classList.remove("is-streaming");
@@ -249,6 +241,7 @@ export class RunView {
         entry.state.replaceChildren("not finished");
       }
     }
+    approvalsEnded(this);
     this.el.classList.remove("is-running");
     this.el.setAttribute("aria-busy", "false");
     this.refreshWaiting();
@@ -289,6 +282,7 @@ export class RunView {
     else if (run.status === "completed") onEndedUnseen();
     else {
       this.setStatus(run.status);
+      for (const question of run.pending_approvals || []) askApproval(this, question);
       if (this.lastSeq === 0) this.setWaiting(run.status === "queued" ? "Queued…" : "Working…");
       this.requestReplay();
     }

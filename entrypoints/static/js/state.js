@@ -48,6 +48,7 @@ export const state = {
   threadId: null,
   runs: new Map(), // run_id -> RunView
   pending: new Map(), // client_message_id -> RunView whose ack has not arrived
+  asking: new Map(), // "run_id tool_call_id" -> { runId, threadId, question, at }: open approvals
   lastCursor: storageGet(CURSOR_KEY),
   historyRequest: 0,
   order: 0,

@@ -1,5 +1,6 @@
 // The threads sidebar and the location hash: list, open, start and delete chats.
 import { api } from "./api.js";
+import { loadPendingApprovals, threadIsAsking } from "./approvals.js";
 import { hideComposerError, showComposerError } from "./composer.js";
 import { loadHistory, renderConversation } from "./conversation.js";
 import { h, formatWhen } from "./dom.js";
@@ -53,6 +54,8 @@ export function renderThreads() {
       "aria-current": current ? "page" : null,
     },
     h("span", { class: "thread-title", "data-testid": "thread-title" }, title),
+    threadIsAsking(thread.thread_id)
+      ? h("span", { class: "thread-asking", "data-testid": "thread-asking" }, "Needs your approval") : null,
     h("span", { class: "thread-when" }, formatWhen(thread.updated_at)));
     open.addEventListener("click", () => selectThread(thread.thread_id));
     const remove = h("button", {
@@ -84,6 +87,7 @@ export function selectThread(threadId, { push = true } = {}) {
     ui.conversation.replaceChildren();
     renderConversation(null);
     loadHistory({ quiet: true });
+    loadPendingApprovals();
   }
   if (NARROW.matches) {
     closeSidebar(false);
