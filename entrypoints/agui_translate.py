@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +12,7 @@ from ag_ui.core import (
     PROTOCOL_VERSION,
     BaseEvent,
     CustomEvent,
+    Interrupt,
     ReasoningEndEvent,
     ReasoningMessageContentEvent,
     ReasoningMessageEndEvent,
@@ -20,6 +21,7 @@ from ag_ui.core import (
     RunErrorEvent,
     RunFinishedCancelledOutcome,
     RunFinishedEvent,
+    RunFinishedInterruptOutcome,
     RunStartedEvent,
     TextMessageContentEvent,
     TextMessageEndEvent,
@@ -31,10 +33,27 @@ from ag_ui.core import (
     ToolCallStartEvent,
 )
 
+from domain.approval_policy import Remember
 from domain.entities import Run, RunStatus
 from domain.events import EventType
+from entrypoints.fields import MAX_REASON_CHARS
 
 META = "goldenpath"  # our key in an event's metadata ("ag-ui" is reserved for the protocol)
+
+# The interrupt of a tool call waiting for approval: AG-UI's core reason for an interrupt bound to a
+# tool call, and the answer a resolved resume entry carries (entrypoints/http/schemas.py,
+# AguiApprovalAnswer, reads it).
+INTERRUPT_REASON = "tool_call"
+APPROVAL_ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "approved": {"type": "boolean"},
+        "reason": {"type": "string", "maxLength": MAX_REASON_CHARS},
+        "remember": {"enum": [each.value for each in Remember]},
+    },
+    "required": ["approved"],
+    "additionalProperties": False,
+}
 
 
 def _millis(ts: object) -> int | None:
@@ -60,15 +79,23 @@ class AguiTranslator:
       tool call and before the terminal event.
     - The assistant message that holds a turn's text also parents its tool calls; a turn ends with
       the tool results (the next text or thinking starts a new assistant message).
+    - approval_required ends the AG-UI run: its tool call, then RUN_FINISHED with the interrupt
+      outcome. The AG-UI run that answers it continues the same goldenpath run from that event
+      (`after_seq`): the tool call is `carried` (started in the interrupted run, so it is not
+      started again; its result comes against it), and its ids are minted apart from the first's.
     """
 
     def __init__(self, *, thread_id: str, run_id: str, our_run_id: str, new_thread: bool = False,
-                 started_at: int | None = None) -> None:
+                 started_at: int | None = None, after_seq: int = 0, carried: Iterable[str] = (),
+                 meta: Mapping[str, Any] | None = None) -> None:
         self.thread_id = thread_id
         self.run_id = run_id
         self._our_run_id = our_run_id
         self._new_thread = new_thread
         self._started_at = started_at
+        self.after_seq = after_seq
+        self._ids = our_run_id if after_seq == 0 else f"{our_run_id}-s{after_seq}"
+        self._meta = dict(meta or {})
         self._counter = itertools.count(1)
         self._span: str | None = None
         self._span_messages = 0
@@ -77,16 +104,20 @@ class AguiTranslator:
         self._assistant: str | None = None
         self._assistant_has_text = False
         self._after_results = False
-        self._calls: set[str] = set()
+        self._calls: set[str] = set(carried)
         self.finished = False
 
+    @property
+    def our_run_id(self) -> str:
+        return self._our_run_id
+
     def _new_id(self, kind: str) -> str:
-        return f"{self._our_run_id}-{kind}{next(self._counter)}"
+        return f"{self._ids}-{kind}{next(self._counter)}"
 
     def started(self) -> RunStartedEvent:
+        meta = {"runId": self._our_run_id, "newThread": self._new_thread, **self._meta}
         return RunStartedEvent(thread_id=self.thread_id, run_id=self.run_id, timestamp=self._started_at,
-                               protocol_version=PROTOCOL_VERSION,
-                               metadata={META: {"runId": self._our_run_id, "newThread": self._new_thread}})
+                               protocol_version=PROTOCOL_VERSION, metadata={META: meta})
 
     def feed(self, event: Mapping[str, Any]) -> list[BaseEvent]:
         """The AG-UI events for one goldenpath event; nothing once the run has finished."""
@@ -180,21 +211,46 @@ class AguiTranslator:
         return out
 
     def _tool_executing(self, data: Mapping[str, Any]) -> list[BaseEvent]:
-        out = self._close_all()
+        return self._close_all() + self._tool_call(data)
+
+    def _tool_call(self, data: Mapping[str, Any]) -> list[BaseEvent]:
+        """The call's start, arguments and end, once: not again for a call started already (in
+        this AG-UI run, or, carried, in the one its approval interrupted)."""
         call_id, name = str(data.get("tool_call_id") or ""), str(data.get("tool") or "")
         if not call_id or not name or call_id in self._calls:
-            return out
+            return []
         if self._assistant is None:
             self._assistant = self._new_id("m")
         self._calls.add(call_id)
         arguments = data.get("arguments")
         delta = arguments if isinstance(arguments, str) else _json(arguments if arguments is not None else {})
-        out.append(ToolCallStartEvent(tool_call_id=call_id, tool_call_name=name,
-                                      parent_message_id=self._assistant))
+        out: list[BaseEvent] = [ToolCallStartEvent(tool_call_id=call_id, tool_call_name=name,
+                                                   parent_message_id=self._assistant)]
         if delta:
             out.append(ToolCallArgsEvent(tool_call_id=call_id, delta=delta))
         out.append(ToolCallEndEvent(tool_call_id=call_id))
         return out
+
+    def _approval_required(self, data: Mapping[str, Any]) -> list[BaseEvent]:
+        """The run waits for its user: the AG-UI run ends here, interrupted; a new one answers it."""
+        out = self._close_all() + self._tool_call(data)
+        call_id, tool = str(data.get("tool_call_id") or ""), str(data.get("tool") or "")
+        if not call_id:
+            return out
+        arguments = data.get("arguments")
+        shown = "" if arguments in (None, {}, "") else f" with {_json(arguments)}"
+        expires_at = data.get("expires_at")
+        interrupt = Interrupt(id=call_id, reason=INTERRUPT_REASON, message=f"Approve {tool}{shown}?",
+                              tool_call_id=call_id, response_schema=APPROVAL_ANSWER_SCHEMA,
+                              expires_at=expires_at if isinstance(expires_at, str) else None,
+                              metadata={META: {"tool": tool, "arguments": arguments}})
+        meta = {META: {"runId": self._our_run_id}}
+        return out + self._terminal(RunFinishedEvent(
+            thread_id=self.thread_id, run_id=self.run_id,
+            outcome=RunFinishedInterruptOutcome(interrupts=[interrupt]), metadata=meta))
+
+    def _approval_decided(self, data: Mapping[str, Any]) -> list[BaseEvent]:
+        return [CustomEvent(name="goldenpath.approval_decided", value=dict(data))]
 
     def _tool_completed(self, data: Mapping[str, Any]) -> list[BaseEvent]:
         out = self._close_all()
@@ -263,6 +319,8 @@ HANDLERS: Mapping[str, Callable[[AguiTranslator, Mapping[str, Any]], list[BaseEv
     EventType.RUN_RESUMED: AguiTranslator._resumed,
     EventType.AGENT_THINKING: AguiTranslator._thinking,
     EventType.AGENT_MESSAGE_DELTA: AguiTranslator._delta,
+    EventType.APPROVAL_REQUIRED: AguiTranslator._approval_required,
+    EventType.APPROVAL_DECIDED: AguiTranslator._approval_decided,
     EventType.TOOL_EXECUTING: AguiTranslator._tool_executing,
     EventType.TOOL_COMPLETED: AguiTranslator._tool_completed,
     EventType.AGENT_COMPLETED: AguiTranslator._completed,

@@ -12,21 +12,31 @@ from ag_ui.core import (
     ContentPart,
     DeveloperMessage,
     ReasoningMessage,
+    ResumeEntry,
     RunAgentInput,
     SystemMessage,
     ToolMessage,
     UserMessage,
 )
 from ag_ui.core import Event as AguiEvent
-from pydantic import BaseModel, ConfigDict, Field, Json, StrictBool, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Json, StrictBool, StrictStr
 from pydantic.json_schema import SkipJsonSchema
 
 from container.settings import AuthSettings
+from domain.approval_policy import Remember
 from domain.auth import USERNAME_PATTERN, PasswordPolicy
 from domain.entities import Role, RunStatus
 from domain.events import EventType
 from domain.lanes import Multitask
-from entrypoints.fields import MAX_ID_CHARS, NOT_BLANK, ApprovalFields, Id, MessageText, message_rules
+from entrypoints.fields import (
+    MAX_ID_CHARS,
+    MAX_REASON_CHARS,
+    NOT_BLANK,
+    ApprovalFields,
+    Id,
+    MessageText,
+    message_rules,
+)
 
 # The ids this server gives out, as the OpenAPI document shows its path parameters.
 ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.:\-]{{0,{MAX_ID_CHARS - 1}}}$"
@@ -106,12 +116,53 @@ AguiMessage = Annotated[DeveloperMessage | SystemMessage | AssistantMessage | Ag
                         | ActivityMessage | ReasoningMessage, Field(discriminator="role")]
 
 
+class AguiApprovalAnswer(BaseModel):
+    """A resolved resume entry's payload: the answer to one of this server's interrupts, a tool call
+    waiting for its user's approval (the interrupt's responseSchema says the same)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approved: StrictBool = Field(description="true runs the tool call, false denies it.")
+    reason: Annotated[StrictStr, Field(max_length=MAX_REASON_CHARS)] | SkipJsonSchema[None] = _absent_or(
+        "Why, for the record (approval_decided.reason).")
+    remember: Remember | SkipJsonSchema[None] = _absent_or(
+        "With approved true: answer yes for this tool from now on, in this thread ('thread') or "
+        "everywhere ('always').")
+
+
+class AguiResolved(ResumeEntry):
+    """The user answered the interrupt."""
+
+    interrupt_id: Id = Field(description="The interrupt's id: the tool call's id.")
+    status: Literal["resolved"]
+    payload: AguiApprovalAnswer
+
+
+class AguiCancelled(ResumeEntry):
+    """The user abandoned the interrupt: the tool call is denied."""
+
+    interrupt_id: Id = Field(description="The interrupt's id: the tool call's id.")
+    status: Literal["cancelled"]
+    payload: Any = Field(None, description="Not read.")
+
+
+AguiResumeEntry = Annotated[AguiResolved | AguiCancelled, Field(discriminator="status")]
+
+
+def _none_is_empty(value: Any) -> Any:
+    return [] if value is None else value
+
+
 class AguiInput(RunAgentInput):
     """An AG-UI RunAgentInput as this server runs it: runId is the run's client_message_id, and the last
     user message's text is the message (the schema asks every user message for text: simpler, and the
-    last one then has some)."""
+    last one then has some). With `resume`, the run it answers goes on instead; messages are not read."""
 
     messages: list[AguiMessage] = Field(json_schema_extra=_messages)
+    resume: Annotated[list[AguiResumeEntry], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=list, max_length=1, json_schema_extra=_no_default,
+        description="The answer to the interrupt the thread's run waits on (one at a time). Absent, null "
+                    "or empty: the last user message runs.")
 
     thread_id: str = Field(max_length=MAX_ID_CHARS, description="Empty, unknown or another user's: a new "
                            "thread.")

@@ -65,8 +65,9 @@ async def post_agui(user: User | None, body: Any, *, server: Server | None = Non
         return response.status, response.content_type, json.loads(text)
 
 
-def assert_valid_order(events: list[BaseEvent]) -> None:
-    """The AG-UI sequencing rules, checked on the whole stream."""
+def assert_valid_order(events: list[BaseEvent], carried: frozenset[str] = frozenset()) -> None:
+    """The AG-UI sequencing rules, checked on the whole stream. `carried`: tool calls started in the
+    run this one resumes (their results come against them; they are not started again)."""
     assert events, "no events"
     assert events[0].type is EventType.RUN_STARTED
     terminals = [e for e in events if e.type in TERMINALS]
@@ -79,7 +80,7 @@ def assert_valid_order(events: list[BaseEvent]) -> None:
     reasoning_open: set[str] = set()
     reasoning_done: set[str] = set()
     spans_open: set[str] = set()
-    calls: dict[str, str] = {}  # tool call id -> started, args, ended, result
+    calls: dict[str, str] = dict.fromkeys(carried, "ended")  # tool call id -> started, args, ended, result
     for event in events[1:-1]:
         kind = event.type
         if kind is EventType.TEXT_MESSAGE_START:
@@ -120,6 +121,8 @@ def assert_valid_order(events: list[BaseEvent]) -> None:
         elif kind is EventType.TOOL_CALL_RESULT:
             assert calls.get(event.tool_call_id) == "ended" and event.role == "tool"
             calls[event.tool_call_id] = "result"
+        elif kind is EventType.CUSTOM:
+            assert event.name.startswith("goldenpath.")
         else:
             raise AssertionError(f"unexpected event {kind}")
     # Everything started was ended before the terminal event.
