@@ -13,7 +13,8 @@ import sys
 import aiohttp
 from yarl import URL
 
-from entrypoints.chat_client.conversation import HELP, converse
+from entrypoints.chat_client.approval import Approver, answer_open_questions, open_questions
+from entrypoints.chat_client.conversation import HELP, Keyboard, converse
 from entrypoints.chat_client.exchange import exchange
 from entrypoints.chat_client.inbox import Fatal, Inbox, Signal
 from entrypoints.chat_client.link import Link
@@ -43,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _on_a_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
 def _base_url(url: str) -> str:
     parsed = URL(url)
     if parsed.scheme not in ("http", "https") or not parsed.host:
@@ -64,10 +69,17 @@ async def _main(args: argparse.Namespace, base_url: str, password: str) -> int:
         loop.add_signal_handler(signal.SIGINT, inbox.put_nowait, Signal.INTERRUPT)
         try:
             if args.message is not None:
-                outcome, _ = await exchange(link, view, inbox, args.message, args.thread)
+                # The keyboard answers a question the run asks, on a terminal only: a script's stdin (a
+                # loop reading lines, say) is never eaten.
+                approver = Approver(view, Keyboard(inbox) if _on_a_terminal() else None)
+                if args.thread is not None:  # a run there that waits would hold this message back
+                    await answer_open_questions(link, view, inbox, approver,
+                                                await open_questions(link, view, args.thread))
+                outcome, _ = await exchange(link, view, inbox, approver, args.message, args.thread)
                 return 0 if outcome == "agent_completed" else 1
             view.note(f"connected to {base_url} as {args.user}; {HELP}")
-            return await converse(link, view, inbox, args.thread)
+            keyboard = Keyboard(inbox)
+            return await converse(link, view, inbox, keyboard, Approver(view, keyboard), args.thread)
         finally:
             loop.remove_signal_handler(signal.SIGINT)
             view.end()

@@ -1,31 +1,56 @@
 """Interactive mode: the prompt, the slash commands, and stdin read inside the event loop.
 
 Apart from `exchange` because only a person at a prompt needs it; `--message` sends one message and
-never reads the keyboard.
+reads the keyboard only for a question its run asks, and only on a terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+import termios
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from entrypoints.chat_client.approval import answer_open_questions, open_questions
 from entrypoints.chat_client.exchange import exchange
-from entrypoints.chat_client.inbox import Fatal, Inbox, Signal
+from entrypoints.chat_client.inbox import Fatal, Frame, Inbox, Signal
 
 if TYPE_CHECKING:
+    from entrypoints.chat_client.approval import Approver
     from entrypoints.chat_client.link import Link
     from entrypoints.chat_client.views import View
 
 HELP = "/new starts a new thread, /quit exits (so do Ctrl-D and Ctrl-C); Ctrl-C during a run stops it"
 
 
-async def converse(link: Link, view: View, inbox: Inbox, thread_id: str | None) -> int:
-    keyboard = Keyboard(inbox)
+async def converse(link: Link, view: View, inbox: Inbox, keyboard: Keyboard, approver: Approver,
+                   thread_id: str | None) -> int:
+    looked = link.connections
+
+    async def waiting_here() -> list[Frame]:
+        """After a reconnect: the questions this thread's runs ask (none if they were looked at)."""
+        nonlocal looked
+        if link.connections == looked:
+            return []
+        looked = link.connections
+        return await open_questions(link, view, thread_id)
+
     try:
-        while (line := await _prompt(keyboard, view, inbox)) is not None:
+        questions = await open_questions(link, view, thread_id, at_start=True)
+        while True:
+            # At the start, and after a reconnect (at the prompt or during a run): what waits here.
+            await answer_open_questions(link, view, inbox, approver, questions or await waiting_here())
+            line = await _prompt(keyboard, view, inbox, waiting_here)
+            if line is None:
+                break
+            if isinstance(line, list):
+                questions = line
+                continue
+            questions = []
             text = line.strip()
             if text == "/quit":
                 break
@@ -35,16 +60,20 @@ async def converse(link: Link, view: View, inbox: Inbox, thread_id: str | None) 
             elif text in ("/help", "/?"):
                 view.note(HELP)
             elif text:
-                _, thread_id = await exchange(link, view, inbox, text, thread_id)
+                _, thread_id = await exchange(link, view, inbox, approver, text, thread_id)
     finally:
         keyboard.pause()
     return 0
 
 
-async def _prompt(keyboard: Keyboard, view: View, inbox: Inbox) -> str | None:
-    """The next line typed; None for Ctrl-D or Ctrl-C. Frames arriving meanwhile are only shown raw."""
+async def _prompt(keyboard: Keyboard, view: View, inbox: Inbox,
+                  waiting_here: Callable[[], Awaitable[list[Frame]]]) -> str | list[Frame] | None:
+    """The next line typed; None for Ctrl-D or Ctrl-C; or, after a reconnect, the questions that wait in
+    this thread. Frames arriving meanwhile are only shown raw."""
     view.prompt("you> ")
     keyboard.listen()
+    questions: list[Frame] = []
+    line = None
     try:
         while (line := keyboard.next_line()) is None and not keyboard.ended:
             item = await inbox.get()
@@ -54,10 +83,12 @@ async def _prompt(keyboard: Keyboard, view: View, inbox: Inbox) -> str | None:
                 raise item
             if isinstance(item, dict):
                 view.raw(item)
+                if item.get("type") == "ready" and (questions := await waiting_here()):
+                    break
     finally:
         keyboard.pause()
         view.prompt_done(ended=line is None)
-    return line
+    return questions or line
 
 
 class Keyboard:
@@ -85,6 +116,15 @@ class Keyboard:
             # A regular file (stdin redirected from one) cannot be watched, but it never blocks either.
             while not self._lines and not self.ended:
                 self._read()
+
+    def drop_typed_ahead(self) -> None:
+        """On a terminal, before a question: what was typed before it showed is not its answer."""
+        if not os.isatty(self._fd):
+            return  # a script's answers come from a pipe or a file, written ahead on purpose
+        self._lines.clear()
+        self._partial = b""
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcflush(self._fd, termios.TCIFLUSH)
 
     def pause(self) -> None:
         if self._watching:

@@ -1,7 +1,9 @@
 """One message sent and its run shown to the end.
 
 `Run` is the bookkeeping with no I/O (which frames belong to this run, what to ask for again on a new
-socket); `exchange` is the loop that feeds it from the inbox and turns Ctrl-C into a cancel.
+socket); `exchange` is the loop that feeds it from the inbox, turns Ctrl-C into a cancel and a
+question the run asks into an answer (`approval`); `follow` is the same loop for a run that started
+earlier and waits for an answer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING
 from entrypoints.chat_client.inbox import Fatal, Frame, Inbox, Signal
 
 if TYPE_CHECKING:
+    from entrypoints.chat_client.approval import Approver, Decision
     from entrypoints.chat_client.link import Link
     from entrypoints.chat_client.views import View
 
@@ -30,6 +33,7 @@ class Run:
     last_seq: int = 0
     outcome: str | None = None
     cancel_requested: bool = False
+    followed: bool = False  # started earlier, not by this message: shown from its first event
     _early: list[Frame] = field(default_factory=list)
 
     def chat_frame(self) -> Frame:
@@ -39,8 +43,19 @@ class Run:
         return frame
 
     def cancel_frame(self) -> Frame:
-        # By client_message_id: it stops the right run even if Ctrl-C came before the ack.
+        # By client_message_id: it stops the right run even if Ctrl-C came before the ack. A run
+        # followed (it started earlier) is known by its run_id only.
+        if self.followed:
+            return {"type": "cancel", "run_id": self.run_id}
         return {"type": "cancel", "client_message_id": self.client_message_id}
+
+    def approval_frame(self, decision: Decision) -> Frame:
+        # With this run's client_message_id, which an error answer (a decision taken already) echoes.
+        frame: Frame = {"type": "approval", "run_id": self.run_id, "tool_call_id": decision.tool_call_id,
+                        "approve": decision.approve, "client_message_id": self.client_message_id}
+        if decision.remember:
+            frame["remember"] = decision.remember
+        return frame
 
     def resume_frame(self) -> Frame:
         return {"type": "resume", "run_id": self.run_id, "after_seq": self.last_seq}
@@ -81,20 +96,38 @@ class Run:
         return [frame]
 
 
-async def exchange(link: Link, view: View, inbox: Inbox, text: str,
+async def exchange(link: Link, view: View, inbox: Inbox, approver: Approver, text: str,
                    thread_id: str | None) -> tuple[str, str | None]:
     """Send one message and show its run to the end: (how it ended, the thread it went to)."""
     run = Run(text, thread_id)
+    return await _show(link, view, inbox, approver, run, run.chat_frame()), run.thread_id
+
+
+async def follow(link: Link, view: View, inbox: Inbox, approver: Approver, run_id: str,
+                 thread_id: str | None) -> str:
+    """Show a run that started earlier (one waiting for an answer) from its first event to its end."""
+    run = Run("", thread_id, run_id=run_id, followed=True)
+    return await _show(link, view, inbox, approver, run, run.resume_frame())
+
+
+async def _show(link: Link, view: View, inbox: Inbox, approver: Approver, run: Run, first: Frame) -> str:
     link.run = run
     try:
         view.begin()
-        await link.send(run.chat_frame())
+        await link.send(first)
         while run.outcome is None:
+            # A question goes up once what arrived is shown: a replayed one answered further on never does.
+            if inbox.empty() and not run.cancel_requested:
+                approver.ask()
+            if (decision := approver.answer()) is not None:
+                await link.send(run.approval_frame(decision))
+                continue
             item = await inbox.get()
             if item is Signal.INTERRUPT:
+                approver.withdraw()
                 if run.cancel_requested:  # a second Ctrl-C: stop waiting for the server to confirm
                     view.note("(stopped waiting; the run may still end on the server)")
-                    return "interrupted", run.thread_id
+                    return "interrupted"
                 run.cancel_requested = True
                 await link.send(run.cancel_frame())
             elif isinstance(item, Fatal):
@@ -105,8 +138,10 @@ async def exchange(link: Link, view: View, inbox: Inbox, text: str,
                     # The cursor was older than what the server keeps: ask for this run's events instead.
                     await link.send(run.resume_frame())
                 for frame in run.accept(item):
+                    approver.track(frame)
                     view.show(frame)
-        return run.outcome, run.thread_id
+        return run.outcome
     finally:
+        approver.forget()
         link.run = None
         view.end()

@@ -55,6 +55,7 @@ class Link:
         self._reader: asyncio.Task[None] | None = None
         self.cursor: str | None = None
         self.run: Run | None = None  # the run going on: what a new socket must ask for again
+        self.connections = 0  # sockets opened so far: one more means a reconnect, so look at what waits
 
     async def open(self) -> None:
         self._ws = await self._connect(reconnecting=False)
@@ -65,6 +66,26 @@ class Link:
         with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
             if self._ws is not None:
                 await self._ws.send_json(frame)
+
+    async def pending_approvals(self) -> list[Frame] | None:
+        """GET /api/approvals/pending: the questions the user's waiting runs ask; None (said) if it failed."""
+        failed = "could not look for questions waiting for you"
+        try:
+            async with self._http.get(f"{self._base_url}/api/approvals/pending",
+                                      headers={"Authorization": f"Bearer {self._token}"},
+                                      timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as response:
+                status, text = response.status, await response.text()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._note(f"{failed}: {unreachable(self._base_url, exc)}")
+            return None
+        try:
+            approvals = json.loads(text).get("approvals") if status == 200 else None
+        except (ValueError, AttributeError):
+            approvals = None
+        if not isinstance(approvals, list):
+            self._note(f"{failed}: the server answered HTTP {status}")
+            return None
+        return [approval for approval in approvals if isinstance(approval, dict)]
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -148,6 +169,7 @@ class Link:
             await ws.close()
             raise _Retry("the server did not say ready") from None
         if msg.type is aiohttp.WSMsgType.TEXT and (self._deliver(msg.data) or {}).get("type") == "ready":
+            self.connections += 1  # before anyone reads that `ready` from the inbox
             return ws
         code = ws.close_code
         await ws.close()

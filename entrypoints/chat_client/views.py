@@ -79,8 +79,10 @@ class HumanView:
         self._midline = False  # the answer is being written on the current line
         self._prompt: str | None = None  # shown and waiting for a line
         self._streamed = False
+        self._denied: set[str] = set()  # tool calls whose "denied" was said already, by approval_decided
         self._handlers = {
             "ack": self._on_ack, "run_resumed": self._on_resumed, "agent_thinking": self._on_thinking,
+            "approval_required": self._on_approval_required, "approval_decided": self._on_approval_decided,
             "tool_executing": self._on_tool_executing, "tool_completed": self._on_tool_completed,
             "agent_message_delta": self._on_delta, "agent_completed": self._on_completed,
             "agent_error": self._on_agent_error, "agent_cancelled": self._on_cancelled,
@@ -107,6 +109,7 @@ class HumanView:
             self._midline = False
 
     def prompt(self, text: str) -> None:
+        self.end()  # a spinner would write over it
         self._prompt = text
         self._write(text)
 
@@ -145,12 +148,30 @@ class HumanView:
         else:
             self._line(f"thinking… {text}")
 
+    def _on_approval_required(self, frame: Frame, data: Frame) -> None:
+        self._line(f"? tool {data.get('tool')} {_compact(data.get('arguments'))} asks for your approval")
+        self._wait("waiting for your approval…")
+
+    def _on_approval_decided(self, frame: Frame, data: Frame) -> None:
+        by, approved = data.get("by"), data.get("approved") is True
+        if by == "timeout":
+            self._line("✗ timed out: nobody answered in time")
+            return
+        if approved:
+            self._line("✓ approved by your standing grant" if by == "grant" else "✓ approved")
+        else:
+            self._denied.add(str(data.get("tool_call_id")))
+            self._line(f"✗ denied: {data['reason']}" if data.get("reason") else "✗ denied")
+        self._wait("thinking…")
+
     def _on_tool_executing(self, frame: Frame, data: Frame) -> None:
         self._line(f"→ tool {data.get('tool')} {_compact(data.get('arguments'))}")
         self._wait(f"running {data.get('tool')}…")
 
     def _on_tool_completed(self, frame: Frame, data: Frame) -> None:
-        if "error" in data:
+        if data.get("error") == "denied" and str(data.get("tool_call_id")) in self._denied:
+            pass  # approval_decided said so a line ago
+        elif "error" in data:
             self._line(f"✗ {data['error']}")
         else:
             self._line(f"← {_shown_result(data.get('result'))} ({data.get('duration_ms', '?')} ms)")

@@ -106,9 +106,10 @@ class Terminal:
         os.close(self._fd)
 
 
-@pytest.fixture
-def terminals() -> Iterator[list[Terminal]]:
-    """Every Terminal a test opens is killed and closed afterwards, however the test ended."""
+@pytest.fixture(name="terminals")
+def terminals_fixture() -> Iterator[list[Terminal]]:
+    """Every Terminal a test opens is killed and closed afterwards, however the test ended. Another
+    module imports `terminals_fixture` and asks for `terminals`."""
     opened: list[Terminal] = []
     try:
         yield opened
