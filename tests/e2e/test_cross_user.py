@@ -20,12 +20,15 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import pytest
 
 from adapters.models.builtin import BuiltinChatModel
+from adapters.persistence.grants import add_grant
+from domain.entities import ApprovalGrant
 from tests.e2e.client import TERMINAL, Server, User, register, until_ready
 from tests.helpers import eventually
 from tests.overrides import replace_model
@@ -278,6 +281,31 @@ async def ws_resume_run(s: Scene) -> None:
     await expect_ws_not_found(s, {"type": "resume", "run_id": s.live_run, "after_seq": 0}, s.live_run)
 
 
+async def decide_approval(s: Scene) -> None:
+    """Deciding on B's runs (going or done), with any call id: not found, and nothing moves."""
+    for run_id in (s.live_run, *s.done_runs):
+        await expect_404(s, "POST", f"/api/runs/{run_id}/approvals", run_id,
+                         json={"tool_call_id": "call_1", "approve": True, "remember": "always"})
+    assert (await s.a.http("GET", "/api/approvals/grants"))[1] == {"grants": []}
+
+
+async def revoke_grant(s: Scene) -> None:
+    """B's grant: A cannot revoke it (404), and B still has it."""
+    b_grant = ApprovalGrant(id=f"grant_{secrets.token_hex(4)}", user_id=s.b.user_id, tool="delete_notes",
+                            created_at=datetime.now(UTC), thread_id=s.done_thread)
+    database = await s.server.container.database()
+    await database.write(lambda conn: add_grant(conn, b_grant))
+    await expect_404(s, "DELETE", f"/api/approvals/grants/{b_grant.id}", b_grant.id)
+    status, body = await s.b.http("GET", "/api/approvals/grants")
+    assert status == 200 and [g["grant_id"] for g in body["grants"]] == [b_grant.id], body
+
+
+async def ws_approval_run(s: Scene) -> None:
+    for run_id in (s.live_run, s.done_runs[0]):
+        await expect_ws_not_found(s, {"type": "approval", "run_id": run_id, "tool_call_id": "call_1",
+                                      "approve": False}, run_id)
+
+
 async def ws_resume_cursor(s: Scene) -> None:
     """B's cursor is only a position: A gets A's own events after it (all of them here), none of B's."""
     async with s.a.connect() as ws:
@@ -319,12 +347,16 @@ CASES = [
     Case("ws cancel client_message_id", ("WS", "cancel.client_message_id"), ws_cancel_cmid),
     Case("ws resume run_id", ("WS", "resume.run_id"), ws_resume_run),
     Case("ws resume cursor", ("WS", "resume.cursor"), ws_resume_cursor),
+    Case("decide approval", ("POST", "/api/runs/{run_id}/approvals"), decide_approval),
+    Case("revoke grant", ("DELETE", "/api/approvals/grants/{grant_id}"), revoke_grant),
+    Case("ws approval run_id", ("WS", "approval.run_id"), ws_approval_run),
 ]
 # Routes that take an id in their body rather than their path.
 BODY_ID_ROUTES = {("POST", "/api/chat/message"), ("POST", "/api/agui")}
 # Every id-taking field of a client frame (PROTOCOL.md, "Client frames").
 WS_ID_FIELDS = {("WS", "chat.thread_id"), ("WS", "chat.client_message_id"), ("WS", "cancel.run_id"),
-                ("WS", "cancel.client_message_id"), ("WS", "resume.run_id"), ("WS", "resume.cursor")}
+                ("WS", "cancel.client_message_id"), ("WS", "resume.run_id"), ("WS", "resume.cursor"),
+                ("WS", "approval.run_id")}
 
 
 # -- the scene: B's objects, and the checks that they are untouched ----------------------------------------

@@ -52,11 +52,13 @@ BASE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/chat/message"): {"message": "hi"},
     ("POST", "/api/agui"): {"threadId": "", "runId": "r1",
                             "messages": [{"id": "m1", "role": "user", "content": "hi"}]},
+    ("POST", "/api/runs/{run_id}/approvals"): {"tool_call_id": "call_none", "approve": False},
 }
 NESTED_FIELDS = {("POST", "/api/agui"): [("messages", 0, "content"), ("messages", 0, "id")]}
 BASE_FRAMES: dict[str, dict[str, Any]] = {
     "chat": {"message": "hi"}, "cancel": {"run_id": "run_none"},
     "resume": {"run_id": "run_none", "after_seq": 0}, "ping": {},
+    "approval": {"run_id": "run_none", "tool_call_id": "call_none", "approve": False},
 }
 ERROR_CODES = {"invalid_json", "invalid_message", "unknown_type", "message_too_large", "not_found",
                "thread_busy", "limit_exceeded", "rate_limited", "server_not_ready", "internal_error"}
