@@ -116,18 +116,22 @@ class ApprovalService:
         self._lease = lease
 
     async def pending(self, run: Run) -> list[dict[str, object]]:
-        """The run's open question, as approval_required said it (empty unless it waits)."""
+        """The run's open question, as approval_required said it, with that event's seq (empty
+        unless it waits)."""
         if run.status is not RunStatus.WAITING:
             return []
         stored = await self._events.checkpoint(run.id)
         awaiting = (stored or {}).get("awaiting")
-        return [dict(awaiting)] if awaiting else []
+        # The checkpoint was stored with the approval_required event: its seq is that event's.
+        return [{**awaiting, "seq": stored["seq"]}] if stored and awaiting else []
 
-    async def waiting(self, user_id: str) -> list[dict[str, Any]]:
-        """Every question the user has open, on any run and thread: what a client shows after a
-        reload or on another device."""
+    async def waiting(self, user_id: str, thread_id: str | None = None) -> list[dict[str, Any]]:
+        """Every question the user has open, on any run and thread (or in one thread): what a client
+        shows after a reload or on another device."""
         questions = []
-        for run in await self._runs.waiting_for_user(user_id):
+        runs = await (self._runs.waiting_for_user(user_id) if thread_id is None
+                      else self._runs.waiting_in_thread(user_id, thread_id))
+        for run in runs:
             for asked in await self.pending(run):
                 questions.append({"run_id": run.id, "thread_id": run.thread_id, **asked})
         return questions

@@ -144,7 +144,7 @@ async def _find_asked(found: Services, user_id: str, thread_id: str, tool_call_i
 async def _open_questions(found: Services, user_id: str, thread_id: str) -> list[dict[str, Any]]:
     if not thread_id.strip():
         return []
-    return [q for q in await found.approvals.waiting(user_id) if q["thread_id"] == thread_id]
+    return await found.approvals.waiting(user_id, thread_id)
 
 
 async def _still_waiting(found: Services, user_id: str, body: RunAgentInput,

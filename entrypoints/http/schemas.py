@@ -241,6 +241,7 @@ class PendingApproval(_Reply):
     tool: str
     arguments: Any
     expires_at: datetime
+    seq: int = Field(description="The seq of the run's approval_required event.")
 
 
 class RunView(_Reply):

@@ -63,9 +63,10 @@ async def test_approve_runs_the_tool_and_the_run_answers(server: Server) -> None
         await eventually(no_engine, what="no engine while waiting")
         status, run = await alice.http("GET", f"/api/runs/{ack['run_id']}")
         assert status == 200 and run["status"] == "waiting"
-        assert run["pending_approvals"] == [data]
+        assert run["pending_approvals"] == [{**data, "seq": asked["seq"]}]
         status, pending = await alice.http("GET", "/api/approvals/pending")
-        assert pending == {"approvals": [{"run_id": ack["run_id"], "thread_id": ack["thread_id"], **data}]}
+        assert pending == {"approvals": [{"run_id": ack["run_id"], "thread_id": ack["thread_id"], **data,
+                                          "seq": asked["seq"]}]}
         await ws.send(json.dumps({"type": "approval", "run_id": ack["run_id"],
                                   "tool_call_id": data["tool_call_id"], "approve": True}))
         rest = await to_the_end(ws, ack["run_id"])

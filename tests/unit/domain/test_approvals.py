@@ -60,7 +60,7 @@ async def test_a_run_that_asks_waits_holding_nothing(fake_container: Container, 
     assert await fakes.runs.count_unfinished("usr_a") == 0  # a waiting run does not count as going
     state = restore(fakes.events.checkpoints[run.id])
     assert state.awaiting == asked.data and state.pending[0].id == "call_1"
-    assert await approvals.pending(run) == [asked.data]
+    assert await approvals.pending(run) == [{**asked.data, "seq": asked.seq}]
     assert [a.action for a in fakes.audit.entries].count(AuditAction.RUN_WAITING) == 1
     assert fakes.notes.notes  # nothing deleted yet
 
