@@ -41,7 +41,7 @@ from domain.events import AgentEvent, EventType
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 TABLES = {"users", "threads", "messages", "runs", "events", "notes", "audit_log", "event_log_state",
-          "run_checkpoints"}
+          "run_checkpoints", "approval_grants"}
 
 
 def at(minutes: float) -> datetime:
