@@ -46,6 +46,7 @@ from domain.ratelimit import RateLimiter
 from domain.runs import RunRegistry
 from domain.tools import ToolBox
 from domain.tools import builtin_tools as make_builtin_tools
+from domain.tools.catalog import ToolCatalog
 
 BatchWriter = TypeVar("BatchWriter", SqlAlchemyEventLog, SqlAlchemyAuditLog)
 
@@ -222,6 +223,7 @@ class Container(containers.DeclarativeContainer):
         pause_s=settings.provided.tools.pause_s,
         policies=settings.provided.approvals.tools,
     )
+    tool_catalog = providers.Singleton(ToolCatalog, builtin=toolbox)
     approval_gate = providers.Singleton(ApprovalGate, grants=grants, clock=clock,
                                         timeout_s=settings.provided.approvals.timeout_s)
     bridge = providers.Singleton(AgentWebSocketBridge, event_log=event_log, bus=event_bus)
@@ -229,7 +231,7 @@ class Container(containers.DeclarativeContainer):
         ExecutionEngineFactory,
         bridge=bridge,
         model=chat_model,
-        toolbox=toolbox,
+        tools=tool_catalog,
         clock=clock,
         audit=audit_log,
         limits=engine_limits,

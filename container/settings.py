@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.mcp import server_name_problem
 
 # Printed in earlier releases' code and docs, so a token signed with one proves nothing: refused in
 # every environment. Without a secret of its own, a server generates one (container/signing_key.py).
@@ -114,6 +116,60 @@ class ApprovalsSettings(BaseModel):
         '(delete_notes asks; the rest run): e.g. {"calculator": "ask", "delete_notes": "auto"}')
 
 
+class McpServerSettings(BaseModel):
+    """An operator's MCP server, offered to every user."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _a_server_name(cls, name: str) -> str:
+        if (problem := server_name_problem(name)) is not None:
+            raise ValueError(problem)
+        return name
+
+    url: str | None = Field(None, description="Streamable HTTP endpoint")
+    command: str | list[str] | None = Field(None, description="a stdio server: the command to start "
+                                            "(a string is split as a shell would)")
+    env: dict[str, str] = Field(default_factory=dict, description="stdio: the command's environment")
+    headers: dict[str, str] = Field(default_factory=dict, description="sent with each request; "
+                                    "{user_id} in a value becomes the calling user's id")
+    approval: Literal["auto", "ask"] = "auto"
+    tools: list[str] | None = Field(None, description="the server's tools offered (None: all)")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSettings:
+        if (self.url is None) == (self.command is None):
+            raise ValueError(f"MCP server {self.name!r}: give exactly one of 'url' and 'command'")
+        return self
+
+
+class McpSettings(BaseModel):
+    servers: list[McpServerSettings] = Field(default_factory=list, description="operator MCP servers "
+                                             'offered to every user, JSON: [{"name", "url" | "command", '
+                                             '"headers"?, "approval"?, "tools"?}]')
+    secret_key: SecretStr | None = Field(None, description="encrypts users' MCP server headers at rest; "
+                                         "development generates one beside the database")
+    allow_private_networks: bool = Field(False, description="let users' MCP server URLs reach loopback, "
+                                         "private and link-local addresses")
+    timeout_s: float = Field(30.0, gt=0, description="per MCP call (listing or tool call)")
+    max_calls_per_run: int = Field(20, ge=1, description="MCP tool calls one run may make")
+    max_result_chars: int = Field(20_000, ge=100, description="an MCP tool result past this is cut, "
+                                  "with a note saying so")
+    list_ttl_s: float = Field(60.0, ge=0, description="how long a server's tool list is cached, per "
+                              "user and server")
+    max_servers_per_user: int = Field(10, ge=0)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> McpSettings:
+        names = [server.name for server in self.servers]
+        if len(names) != len(set(names)):
+            raise ValueError("MCP server names must be unique")
+        return self
+
+
 class SecuritySettings(BaseModel):
     allowed_origins: list[str] = Field(default_factory=list, description="extra browser origins "
                                        "allowed to open /ws besides the server's own")
@@ -153,6 +209,7 @@ class Settings(BaseSettings):
     runs: RunsSettings = RunsSettings()
     tools: ToolsSettings = ToolsSettings()
     approvals: ApprovalsSettings = ApprovalsSettings()
+    mcp: McpSettings = McpSettings()
     bus: BusSettings = BusSettings()
     security: SecuritySettings = SecuritySettings()
     log: LogSettings = LogSettings()
@@ -181,6 +238,10 @@ def unsafe_for_production(settings: Settings) -> list[str]:
         problems.append(f"GOLDENPATH_SERVER__PROCESSES is {settings.server.processes}: set "
                         "GOLDENPATH_BUS__BACKEND=redis and GOLDENPATH_BUS__REDIS_URL so events reach "
                         "every process")
+    key = settings.mcp.secret_key
+    if key is None or len(key.get_secret_value().encode()) < 32:
+        problems.append("set GOLDENPATH_MCP__SECRET_KEY to a random secret of 32 bytes or more: it "
+                        "encrypts the credentials of users' MCP servers")
     if settings.model.provider == "openai" and not settings.model.api_key.get_secret_value() and \
             "api.openai.com" in settings.model.base_url:
         problems.append("set GOLDENPATH_MODEL__API_KEY for the OpenAI API")

@@ -8,16 +8,14 @@ from enum import StrEnum
 
 from domain.context import UserExecutionContext
 from domain.ports import ApprovalGrantRepository, Clock
+from domain.tools.base import Policy
+
+__all__ = ["APPROVAL_TIMEOUT", "DENIED", "ApprovalGate", "AwaitingApproval", "Policy", "Remember", "iso"]
 
 # tool_completed.error of a call its user said no to (the model is told, and answers).
 DENIED = "denied"
 # agent_cancelled.reason of a run whose question went unanswered past approvals.timeout_s.
 APPROVAL_TIMEOUT = "approval_timeout"
-
-
-class Policy(StrEnum):
-    AUTO = "auto"  # the tool runs when the model asks
-    ASK = "ask"  # a person approves each call (unless a grant answers)
 
 
 class Remember(StrEnum):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -96,6 +97,20 @@ class ApprovalGrant:
     thread_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class McpServer:
+    """A user's own MCP server: where it is, and the headers (their credentials) sent with each call.
+
+    The headers are secrets: stored encrypted, never returned (only their names), never logged."""
+
+    user_id: str
+    name: str
+    url: str
+    created_at: datetime
+    headers: Mapping[str, str] = field(default_factory=dict)
+    approval: str = "auto"  # the policy of its tools: "auto" or "ask"
+
+
 class AuditAction(StrEnum):
     USER_REGISTERED = "user.registered"
     ENGINE_CREATED = "engine.created"
@@ -105,6 +120,8 @@ class AuditAction(StrEnum):
     RUN_RESUMED = "run.resumed"
     RUN_WAITING = "run.waiting"
     APPROVAL_DECIDED = "approval.decided"
+    MCP_SERVER_ADDED = "mcp.server_added"
+    MCP_SERVER_REMOVED = "mcp.server_removed"
     RUN_ENDED = "run.ended"
 
 

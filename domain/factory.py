@@ -20,7 +20,7 @@ from domain.errors import LimitExceeded
 from domain.events import AgentError, AgentStarted
 from domain.limits import EngineLimits
 from domain.ports import AuditLog, ChatModel, Clock, EventBridge
-from domain.tools import ToolBox
+from domain.tools.catalog import ToolCatalog
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ExecutionEngineFactory:
         *,
         bridge: EventBridge,
         model: ChatModel,
-        toolbox: ToolBox,
+        tools: ToolCatalog,
         clock: Clock,
         audit: AuditLog,
         limits: EngineLimits,
@@ -66,7 +66,7 @@ class ExecutionEngineFactory:
             raise TypeError("ExecutionEngineFactory needs the event bridge; engines never run without it")
         self._bridge = bridge
         self._model = model
-        self._toolbox = toolbox
+        self._tools = tools
         self._clock = clock
         self._audit = audit
         self._limits = limits
@@ -100,6 +100,8 @@ class ExecutionEngineFactory:
         started = time.perf_counter()
         if not isinstance(context, UserExecutionContext):
             raise TypeError("create_for_user takes a UserExecutionContext")
+        # First, before the limits are checked: nothing is awaited between the check and the count.
+        toolbox = await self._tools.for_user(context.user_id)
         if self._closed:
             raise self._refuse(context, "The server is shutting down and takes no new runs.")
         if context.run_id in self._engines:
@@ -116,7 +118,7 @@ class ExecutionEngineFactory:
             context=context,
             emitter=self.emitter_for(context, after_seq=resumption.last_seq if resumption else 0),
             model=self._model,
-            toolbox=self._toolbox,
+            toolbox=toolbox,
             limits=self._limits,
             gate=self._gate,
             resumption=resumption,

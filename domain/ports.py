@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from domain.entities import ApprovalGrant, AuditEntry, Message, Note, Run, Thread, User
+    from domain.entities import ApprovalGrant, AuditEntry, McpServer, Message, Note, Run, Thread, User
     from domain.events import AgentEvent
     from domain.llm import ModelChunk, ModelRequest
+    from domain.tools.base import ExternalTools
 
 
 class Clock(Protocol):
@@ -215,6 +216,41 @@ class ApprovalGrantRepository(Protocol):
 
     async def covers(self, user_id: str, tool: str, thread_id: str) -> bool:
         """A grant of the user for the tool, in this thread or always."""
+        ...
+
+
+class ToolSource(Protocol):
+    """Tools from outside the process (MCP servers), as one user may use them."""
+
+    async def tools_for(self, user_id: str) -> ExternalTools:
+        """The user's tools from this source, each named `{server}__{tool}`. A server that cannot
+        be reached (or listed) is named in `unreachable`: a call of its tools fails with that
+        reason as the tool's error, never the run."""
+        ...
+
+    def forget(self, user_id: str) -> None:
+        """Drop what is cached for the user: their servers changed."""
+        ...
+
+
+class McpServerRepository(Protocol):
+    """Each user's own MCP servers; their headers are encrypted at rest by the adapter."""
+
+    async def add(self, server: McpServer) -> None:
+        """Conflict if the user has a server of that name already."""
+        ...
+
+    async def list_for_user(self, user_id: str) -> Sequence[McpServer]: ...
+
+    async def delete(self, user_id: str, name: str) -> bool: ...
+
+
+class UrlGuard(Protocol):
+    """Whether a URL a user gave may be reached (checked again by the adapter at every connection)."""
+
+    async def check(self, url: str) -> None:
+        """ValidationFailed naming why not: not http(s), or an address that is loopback, private or
+        link-local (unless the settings allow private networks), or a name that resolves to one."""
         ...
 
 

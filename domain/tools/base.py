@@ -7,10 +7,10 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
-from domain.approval_policy import Policy
 from domain.context import UserExecutionContext
 from domain.errors import StorageUnavailable, ToolError
 from domain.llm import ToolSpec
@@ -25,6 +25,11 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
     "array": (list,),
 }
+
+
+class Policy(StrEnum):
+    AUTO = "auto"  # the tool runs when the model asks
+    ASK = "ask"  # a person approves each call (unless a grant answers)
 
 
 class Tool(Protocol):
@@ -48,6 +53,19 @@ class BlockingTool(Protocol):
 
     def call_blocking(self, context: UserExecutionContext, arguments: Mapping[str, Any], *,
                       call_key: str) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalTools:
+    """What a ToolSource offers one user: its tools, and the servers it could not reach (server
+    name -> why), whose tools' calls fail with that reason."""
+
+    tools: tuple[Tool, ...] = ()
+    unreachable: Mapping[str, str] = field(default_factory=dict)
+
+
+# Tool names of external tools: `{server}__{tool}`.
+NAMESPACE = "__"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +104,14 @@ class ToolBox:
     """The tools of a run: looks them up by name and turns every failure into a result."""
 
     def __init__(self, tools: Iterable[Tool | BlockingTool], *, timeout_s: float, pause_s: float,
-                 policies: Mapping[str, str] | None = None) -> None:
+                 policies: Mapping[str, str] | None = None,
+                 unreachable: Mapping[str, str] | None = None) -> None:
         self._tools = {tool.spec.name: tool for tool in tools}
+        self._overrides = dict(policies or {})
         # Each tool's approval policy: the settings' word for it, else the tool's own, else auto.
-        self._policies = {name: Policy((policies or {}).get(name, getattr(tool, "approval", Policy.AUTO)))
+        self._policies = {name: Policy(self._overrides.get(name, getattr(tool, "approval", Policy.AUTO)))
                           for name, tool in self._tools.items()}
+        self._unreachable = dict(unreachable or {})
         self._specs = tuple(tool.spec for tool in self._tools.values())
         self._timeout_s = timeout_s
         self._pause_s = pause_s  # before each call: demos and fault drills (settings tools.pause_ms)
@@ -98,6 +119,16 @@ class ToolBox:
     @property
     def specs(self) -> tuple[ToolSpec, ...]:
         return self._specs
+
+    def with_external(self, external: ExternalTools) -> ToolBox:
+        """These tools and a source's, for one run (same timeouts, same policy overrides)."""
+        if not external.tools and not external.unreachable:
+            return self
+        return ToolBox([*self._tools.values(), *external.tools], timeout_s=self._timeout_s,
+                       pause_s=self._pause_s, policies=self._overrides, unreachable=external.unreachable)
+
+    def tools(self) -> list[Tool | BlockingTool]:
+        return list(self._tools.values())
 
     def names(self) -> list[str]:
         return list(self._tools)
@@ -120,6 +151,9 @@ class ToolBox:
 
         tool = self._tools.get(name)
         if tool is None:
+            server = name.split(NAMESPACE, 1)[0] if NAMESPACE in name else None
+            if server is not None and server in self._unreachable:
+                return ToolResult(arguments=raw_arguments, error=self._unreachable[server])
             return ToolResult(arguments=raw_arguments, error=f"there is no tool named {name!r}")
         try:
             arguments: Any = parse_arguments(tool.spec, raw_arguments)

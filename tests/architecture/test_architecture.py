@@ -18,6 +18,7 @@ from domain.context import UserExecutionContext
 from domain.engine import UserExecutionEngine
 from domain.errors import InvalidContext
 from domain.factory import ExecutionEngineFactory
+from domain.tools.catalog import ToolCatalog
 from tests.fakes import approval_gate, engine_limits, toolbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +90,8 @@ def test_engine_cannot_be_built_outside_the_factory() -> None:
 
 def test_factory_refuses_to_exist_without_its_bridge() -> None:
     with pytest.raises(TypeError, match="bridge"):
-        ExecutionEngineFactory(bridge=None, model=None, toolbox=toolbox(), clock=None,  # type: ignore[arg-type]
+        ExecutionEngineFactory(bridge=None, model=None,  # type: ignore[arg-type]
+                               tools=ToolCatalog(builtin=toolbox()), clock=None,  # type: ignore[arg-type]
                                audit=None, limits=engine_limits(), gate=approval_gate())  # type: ignore[arg-type]
 
 

@@ -19,6 +19,7 @@ SAFE = {
     "env": "production",
     "auth": {"jwt_secret": "x" * 48},
     "database": {"url": "postgresql+asyncpg://gp@db:5432/gp"},
+    "mcp": {"secret_key": "k" * 48},
 }
 
 
@@ -38,6 +39,8 @@ def test_a_safe_production_configuration_starts() -> None:
     ({"database": {"url": "sqlite+aiosqlite:///var/gp.db"}}, "GOLDENPATH_DATABASE__URL"),
     ({"server": {"processes": 2}}, "GOLDENPATH_BUS__BACKEND=redis"),
     ({"model": {"provider": "openai"}}, "GOLDENPATH_MODEL__API_KEY"),
+    ({"mcp": {}}, "GOLDENPATH_MCP__SECRET_KEY"),
+    ({"mcp": {"secret_key": "short"}}, "GOLDENPATH_MCP__SECRET_KEY"),
 ])
 def test_production_refuses_each_unsafe_setting_and_says_what_to_set(changes, says) -> None:
     with pytest.raises(ValidationError, match=says):
