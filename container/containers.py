@@ -12,11 +12,14 @@ from dependency_injector import containers, providers
 
 from adapters.bridge import AgentWebSocketBridge
 from adapters.event_bus import InMemoryEventBus
+from adapters.mcp.guard import NetworkGuard
+from adapters.mcp.source import McpToolSource
 from adapters.models.builtin import BuiltinChatModel
 from adapters.persistence.audit_log import SqlAlchemyAuditLog
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import SqlAlchemyEventLog
 from adapters.persistence.grants import SqlAlchemyApprovalGrantRepository
+from adapters.persistence.mcp_servers import SqlAlchemyMcpServerRepository
 from adapters.persistence.notes import SqlAlchemyNoteRepository
 from adapters.persistence.repositories import (
     SqlAlchemyMessageRepository,
@@ -27,11 +30,12 @@ from adapters.persistence.repositories import (
 from adapters.redis_bus import RedisEventBus
 from adapters.redis_rate_limit import RedisMessageRateLimit
 from adapters.run_control import LocalRunControl, RedisRunControl
+from adapters.security.cipher import SecretBox
 from adapters.security.passwords import Argon2PasswordHasher
 from adapters.security.tokens import JwtTokenService
 from adapters.system import RandomIds, SystemClock
 from container.settings import Settings
-from container.signing_key import jwt_secret
+from container.signing_key import jwt_secret, mcp_secret
 from domain.approval_policy import ApprovalGate
 from domain.approvals import ApprovalService, WaitingRuns
 from domain.auth import AuthService, PasswordPolicy
@@ -41,6 +45,7 @@ from domain.factory import ExecutionEngineFactory
 from domain.housekeeping import Housekeeper
 from domain.leases import LeasePolicy
 from domain.limits import EngineLimits
+from domain.mcp import McpServers
 from domain.ports import ChatModel, Clock
 from domain.ratelimit import RateLimiter
 from domain.runs import RunRegistry
@@ -71,6 +76,10 @@ async def _started(
         yield started
     finally:
         await started.stop()
+
+
+def _operator_server_names(settings: Settings) -> list[str]:
+    return [server.name for server in settings.mcp.servers]
 
 
 def _bus_backend(settings: Settings) -> str:
@@ -186,6 +195,8 @@ class Container(containers.DeclarativeContainer):
     runs = providers.Singleton(SqlAlchemyRunRepository, database)
     notes = providers.Singleton(SqlAlchemyNoteRepository, database)
     grants = providers.Singleton(SqlAlchemyApprovalGrantRepository, database)
+    secret_box = providers.Singleton(SecretBox, providers.Callable(mcp_secret, settings))
+    mcp_server_repository = providers.Singleton(SqlAlchemyMcpServerRepository, database, box=secret_box)
 
     # -- security
     password_hasher = providers.Singleton(
@@ -223,7 +234,13 @@ class Container(containers.DeclarativeContainer):
         pause_s=settings.provided.tools.pause_s,
         policies=settings.provided.approvals.tools,
     )
-    tool_catalog = providers.Singleton(ToolCatalog, builtin=toolbox)
+    mcp_guard = providers.Singleton(NetworkGuard,
+                                    allow_private_networks=settings.provided.mcp.allow_private_networks)
+    mcp_source = providers.Singleton(
+        McpToolSource, operator_servers=settings.provided.mcp.servers, servers=mcp_server_repository,
+        settings=settings.provided.mcp, guard=mcp_guard,
+    )
+    tool_catalog = providers.Singleton(ToolCatalog, builtin=toolbox, sources=providers.List(mcp_source))
     approval_gate = providers.Singleton(ApprovalGate, grants=grants, clock=clock,
                                         timeout_s=settings.provided.approvals.timeout_s)
     bridge = providers.Singleton(AgentWebSocketBridge, event_log=event_log, bus=event_bus)
@@ -269,6 +286,11 @@ class Container(containers.DeclarativeContainer):
         control=run_control,
         waiting=waiting_runs,
         rate_limiter=message_rate_limiter,
+    )
+    mcp_servers = providers.Singleton(
+        McpServers, servers=mcp_server_repository, guard=mcp_guard, catalog=tool_catalog, clock=clock,
+        audit=audit_log, operator_names=providers.Callable(_operator_server_names, settings),
+        max_per_user=settings.provided.mcp.max_servers_per_user,
     )
     approval_service = providers.Singleton(
         ApprovalService, runs=runs, events=event_log, grants=grants, resumer=chat_service,

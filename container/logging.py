@@ -120,7 +120,10 @@ def configure_logging(settings: LogSettings, *, production: bool, stream: TextIO
         _RedactingStream(stream or sys.stderr), level=settings.level.upper(), serialize=json_lines,
         format=_readable, colorize=False if json_lines else None, backtrace=False, diagnose=False))
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
-    for noisy in ("aiohttp.access", "aiosqlite", "sqlalchemy.engine", "alembic"):
+    # httpx2 logs each request's URL (a user's MCP URL may carry a secret in its query), the MCP
+    # SDK the bodies of its messages (tool arguments).
+    for noisy in ("aiohttp.access", "aiosqlite", "sqlalchemy.engine", "alembic", "httpx2", "httpcore2",
+                  "mcp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -154,7 +154,8 @@ class McpSettings(BaseModel):
                                          "development generates one beside the database")
     allow_private_networks: bool = Field(False, description="let users' MCP server URLs reach loopback, "
                                          "private and link-local addresses")
-    timeout_s: float = Field(30.0, gt=0, description="per MCP call (listing or tool call)")
+    timeout_s: float = Field(20.0, gt=0, description="per MCP request (a tool list or a call); under "
+                             "limits.tool_timeout_s, so an MCP call that hangs says so as MCP's")
     max_calls_per_run: int = Field(20, ge=1, description="MCP tool calls one run may make")
     max_result_chars: int = Field(20_000, ge=100, description="an MCP tool result past this is cut, "
                                   "with a note saying so")

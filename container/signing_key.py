@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from container.settings import Settings
 
 KEY_FILE = "jwt-secret"
+MCP_KEY_FILE = "mcp-secret"
 MIN_BYTES = 32
 
 
@@ -36,7 +37,17 @@ def secret_path(database_url: str) -> Path:
     return Path("var") / KEY_FILE
 
 
-def read_or_create(path: Path) -> str:
+def mcp_secret(settings: Settings) -> str:
+    """`mcp.secret_key` (it encrypts users' MCP server credentials), else one generated once and kept
+    beside the JWT key (production has no else)."""
+    if settings.mcp.secret_key is not None:
+        return settings.mcp.secret_key.get_secret_value()
+    return read_or_create(secret_path(settings.database.url).with_name(MCP_KEY_FILE),
+                          what="MCP credentials key", setting="GOLDENPATH_MCP__SECRET_KEY")
+
+
+def read_or_create(path: Path, *, what: str = "JWT signing key",
+                   setting: str = "GOLDENPATH_AUTH__JWT_SECRET") -> str:
     """The secret in `path`, generated first if there is none. The new secret is written whole to a
     private draft (0600) and linked into place, which fails if the file exists: of processes that
     start together one secret wins, and none reads a half-written file."""
@@ -50,15 +61,14 @@ def read_or_create(path: Path) -> str:
                 file.flush()
                 os.fsync(file.fileno())
             os.link(draft, path)
-            logger.info("generated the JWT signing key in {} (mode 0600); tokens outlive restarts "
-                        "while it stays", path)
+            logger.info("generated the {} in {} (mode 0600); keep it: what it protects outlives "
+                        "restarts while it stays", what, path)
         except FileExistsError:
             pass  # another process linked its own first; everyone uses that one
         finally:
             draft.unlink(missing_ok=True)
     secret = path.read_text().strip()
     if len(secret.encode()) < MIN_BYTES:
-        raise UnusableSecretFile(f"{path} holds no usable JWT signing key (under {MIN_BYTES} bytes): "
-                                 "delete it to have a new one generated, or set "
-                                 "GOLDENPATH_AUTH__JWT_SECRET")
+        raise UnusableSecretFile(f"{path} holds no usable {what} (under {MIN_BYTES} bytes): "
+                                 f"delete it to have a new one generated, or set {setting}")
     return secret

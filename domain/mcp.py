@@ -17,8 +17,26 @@ from domain.tools.base import NAMESPACE, Policy
 from domain.tools.catalog import ToolCatalog
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+HEADER_NAME = r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}"
+_HEADER_NAME = re.compile(HEADER_NAME)
+# A server's name; the same rule as server_name_problem's, as one regular expression (for schemas).
+# (at most 32 characters: said apart, as maxLength).
+SERVER_NAME = r"^[a-z0-9](?:_?[a-z0-9-])*$"
 MAX_HEADERS = 16
+# Headers the transport sets itself: a user's value for one would break or smuggle the request.
+RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "content-type",
+                              "accept", "upgrade", "te", "trailer", "keep-alive", "proxy-authorization"})
+
+
+def reserved_header_pattern() -> str:
+    """RESERVED_HEADERS and `mcp-*`, any case, as one regular expression without flags (JSON Schema)."""
+    def any_case(word: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in word)  # c: '-' only
+
+    words = [*(any_case(header) for header in sorted(RESERVED_HEADERS)), any_case("mcp-") + ".*"]
+    return "^(?:" + "|".join(words) + ")$"
+
+
 MAX_HEADER_VALUE = 4096
 MAX_URL = 2048
 
@@ -52,7 +70,7 @@ class McpServers:
             raise Conflict(f"{name!r} is the name of a server this service offers; choose another.")
         headers = dict(headers or {})
         _check_headers(headers)
-        if len(url) > MAX_URL or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        if not _http_url(url):
             raise ValidationFailed("'url' must be an http:// or https:// URL of at most 2048 characters.")
         await self._guard.check(url)
         mine = await self._servers.list_for_user(user_id)
@@ -77,12 +95,23 @@ class McpServers:
                                       at=self._clock.now(), detail=name))
 
 
+def _http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return len(url) <= MAX_URL and parts.scheme in ("http", "https") and bool(parts.hostname) \
+            and parts.port != 0
+    except ValueError:  # a port out of range, a bracketed host that is no IPv6 address
+        return False
+
+
 def _check_headers(headers: Mapping[str, str]) -> None:
     if len(headers) > MAX_HEADERS:
         raise ValidationFailed(f"'headers': at most {MAX_HEADERS}.")
     for key, value in headers.items():
         if not _HEADER_NAME.fullmatch(key):
             raise ValidationFailed(f"'headers': {key[:64]!r} is not a header name.")
+        if key.lower() in RESERVED_HEADERS or key.lower().startswith("mcp-"):
+            raise ValidationFailed(f"'headers': {key!r} is set by the connection itself, not by you.")
         if not isinstance(value, str) or len(value) > MAX_HEADER_VALUE or any(c in value for c in "\r\n\0"):
             raise ValidationFailed(f"'headers': the value of {key!r} must be one line of at most "
                                    f"{MAX_HEADER_VALUE} characters.")

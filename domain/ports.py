@@ -232,6 +232,10 @@ class ToolSource(Protocol):
         """Drop what is cached for the user: their servers changed."""
         ...
 
+    async def aclose(self) -> None:
+        """Stop what the source holds (the processes of stdio servers); at the server's stop."""
+        ...
+
 
 class McpServerRepository(Protocol):
     """Each user's own MCP servers; their headers are encrypted at rest by the adapter."""

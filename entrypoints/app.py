@@ -46,6 +46,8 @@ async def _boot(app: web.Application) -> None:
         auth=await container.auth_service(),
         chat=await container.chat_service(),
         approvals=await container.approval_service(),
+        mcp=await container.mcp_servers(),
+        tools=await container.tool_catalog(),
         runs=await container.run_registry(),
         conversations=await container.conversation_service(),
         factory=await container.engine_factory(),
@@ -79,6 +81,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     resolved = app[LIFECYCLE].services
     if resolved is not None:
         await resolved.factory.shutdown()
+        await resolved.tools.aclose()  # the operator's stdio MCP servers stop with the server
         await resolved.control.stop()
         await resolved.bridge.stop()
     await app[CONTAINER].shutdown_resources()

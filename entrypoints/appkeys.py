@@ -18,7 +18,9 @@ from domain.conversations import ConversationService
 from domain.entities import User
 from domain.errors import DomainError
 from domain.factory import ExecutionEngineFactory
+from domain.mcp import McpServers
 from domain.runs import RunRegistry
+from domain.tools.catalog import ToolCatalog
 
 
 class ServerNotReady(DomainError):
@@ -32,6 +34,8 @@ class Services:
     auth: AuthService
     chat: ChatService
     approvals: ApprovalService
+    mcp: McpServers
+    tools: ToolCatalog
     runs: RunRegistry
     conversations: ConversationService
     factory: ExecutionEngineFactory

@@ -34,6 +34,9 @@ from entrypoints.http.schemas import (
     ErrorDetail,
     GrantList,
     Health,
+    McpServerBody,
+    McpServerList,
+    McpServerView,
     MessageList,
     NotReady,
     OpenApiDocument,
@@ -46,6 +49,7 @@ from entrypoints.http.schemas import (
     RunView,
     ThreadList,
     TokenView,
+    ToolList,
     UserView,
 )
 from entrypoints.openapi_events import describe_events
@@ -172,6 +176,19 @@ OPERATIONS: tuple[Operation, ...] = (
               {200: Reply("Oldest first.", GrantList)}, _PRIVATE),
     Operation("delete", "/api/approvals/grants/{grant_id}", "revokeGrant", "Revoke a standing approval",
               "approvals", {204: Reply("Revoked: that tool asks again.")}, (401, 404, 503)),
+    Operation("post", "/api/mcp/servers", "addMcpServer", "Add one of your own MCP servers", "tools",
+              {201: Reply("Added: its tools are the caller's, and only the caller's.", McpServerView)},
+              (400, 401, 409, 413, 422, 429, 503), body=McpServerBody,
+              description="409: a server of that name (the caller's, or one the service offers); 422: a "
+                          "bad name, URL or header, or a URL that reaches a loopback, private or "
+                          "link-local address; 429: the caller has as many servers as they may."),
+    Operation("get", "/api/mcp/servers", "listMcpServers", "Your own MCP servers", "tools",
+              {200: Reply("Oldest first; header values are never returned.", McpServerList)}, _PRIVATE),
+    Operation("delete", "/api/mcp/servers/{name}", "removeMcpServer", "Remove one of your MCP servers",
+              "tools", {204: Reply("Removed, with its tools.")}, (401, 404, 503)),
+    Operation("get", "/api/tools", "listTools", "The tools your agent can use", "tools",
+              {200: Reply("Builtin, the service's MCP servers', your own MCP servers'.", ToolList)},
+              _PRIVATE),
     Operation("get", "/api/threads", "listThreads", "The caller's threads", "threads",
               {200: Reply("Most recently updated first.", ThreadList)}, _PRIVATE),
     Operation("get", "/api/threads/{thread_id}/messages", "threadMessages", "A thread's messages",

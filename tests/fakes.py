@@ -15,7 +15,18 @@ from dependency_injector import providers
 
 from container import Container, Settings
 from domain.approval_policy import ApprovalGate
-from domain.entities import ApprovalGrant, AuditEntry, Message, Note, Role, Run, RunStatus, Thread, User
+from domain.entities import (
+    ApprovalGrant,
+    AuditEntry,
+    McpServer,
+    Message,
+    Note,
+    Role,
+    Run,
+    RunStatus,
+    Thread,
+    User,
+)
 from domain.errors import Conflict, LeaseLost
 from domain.events import AgentEvent, EventType, run_end
 from domain.limits import EngineLimits
@@ -103,6 +114,24 @@ class InMemoryNoteRepository:
                 if wanted and note.user_id == user_id and wanted <= _words(note.text)]
         self.notes = [note for note in self.notes if note not in gone]
         return gone
+
+
+class InMemoryMcpServerRepository:
+    def __init__(self) -> None:
+        self.servers: list[McpServer] = []
+
+    async def add(self, server: McpServer) -> None:
+        if any((s.user_id, s.name) == (server.user_id, server.name) for s in self.servers):
+            raise Conflict(f"You have an MCP server named {server.name!r} already.")
+        self.servers.append(server)
+
+    async def list_for_user(self, user_id: str) -> Sequence[McpServer]:
+        return [s for s in self.servers if s.user_id == user_id]
+
+    async def delete(self, user_id: str, name: str) -> bool:
+        kept = [s for s in self.servers if (s.user_id, s.name) != (user_id, name)]
+        deleted, self.servers = len(kept) != len(self.servers), kept
+        return deleted
 
 
 class InMemoryApprovalGrantRepository:

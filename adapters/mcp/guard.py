@@ -107,7 +107,8 @@ class NetworkGuard:
         self._resolver = resolver or system_resolver
 
     async def check(self, url: str) -> None:
-        """ValidationFailed unless `url` is http(s), with a host that resolves to allowed addresses."""
+        """ValidationFailed unless `url` is http(s), with a host whose addresses are allowed (a name
+        that does not resolve now passes: each connection resolves and checks it again)."""
         try:
             parts = urlsplit(url)
             port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -123,7 +124,7 @@ class NetworkGuard:
         except BlockedAddress as exc:
             raise ValidationFailed(f"'url': {exc}.") from None
         except httpcore2.ConnectError:
-            raise ValidationFailed(f"'url': the host {parts.hostname!r} could not be resolved.") from None
+            pass  # a name that does not resolve now is taken: every connection checks it again
 
     async def resolve(self, host: str, port: int) -> list[str]:
         """The addresses to connect to: all of `host`'s, each checked (BlockedAddress if one is

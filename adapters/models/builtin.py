@@ -26,8 +26,9 @@ from domain.llm import (
 @dataclass(frozen=True, slots=True)
 class _ToolPlan:
     name: str
-    arguments: dict[str, str]
+    arguments: dict[str, Any]
     reasoning: str
+    explicit: bool = False  # the user named the tool: called even if not offered (its error tells why)
 
 
 _Rule = Callable[[str], _ToolPlan | None]
@@ -81,6 +82,24 @@ def _remember(text: str) -> _ToolPlan | None:
     if match is None or text.endswith("?"):
         return None
     return _ToolPlan("save_note", {"text": match["fact"]}, "Saving that to your notes.")
+
+
+_USE = re.compile(r"^\s*use\s+(?P<tool>[A-Za-z0-9_-]{1,64})\s+with\s+(?P<arguments>[\[{\"\d].*?)\s*$",
+                  re.I | re.S)
+
+
+def _use(text: str) -> _ToolPlan | str | None:
+    """'use weather__forecast with {"city": "Paris"}': that tool, those arguments, as they are."""
+    match = _USE.match(text)
+    if match is None:
+        return None
+    try:
+        arguments = json.loads(match["arguments"])
+    except json.JSONDecodeError as exc:
+        return f"Those arguments are not JSON ({exc.msg}); write them as a JSON object."
+    if not isinstance(arguments, dict):
+        return "The arguments must be a JSON object."
+    return _ToolPlan(match["tool"], arguments, f"Calling {match['tool']} as you asked.", explicit=True)
 
 
 def _forget(text: str) -> _ToolPlan | None:
@@ -167,10 +186,14 @@ def _help(available: set[str]) -> str:
     if not skills:
         return f"{intro} No tools are available in this conversation, so I can only chat."
     listed = skills[0] if len(skills) == 1 else f"{', '.join(skills[:-1])} and {skills[-1]}"
-    return f"{intro} I can {listed}. For anything else, connect a real model."
+    return (f"{intro} I can {listed}. Any tool of yours, by name: use <tool> with <JSON object> "
+            '("use calculator with {\"expression\": \"2 + 2\"}"). For anything else, connect a real '
+            "model.")
 
 
 def _plan(text: str, available: set[str]) -> _ToolPlan | str:
+    if (used := _use(text)) is not None:  # before the spaces are folded: they may be in the JSON
+        return used
     text = " ".join(text.replace("\u2019", "'").split())  # a typographic apostrophe counts
     for rule in _RULES:
         plan = rule(text)

@@ -176,6 +176,18 @@ approval_grants = Table(
     UniqueConstraint("user_id", "tool", "thread_id", name="uq_approval_grants_user_id_tool_thread_id"),
 )
 
+# Each user's own MCP servers (0007); `headers` sealed (adapters/security/cipher.py), never plain.
+mcp_servers = Table(
+    "mcp_servers",
+    metadata,
+    Column("user_id", String(ID), primary_key=True),
+    Column("name", String(ID), primary_key=True),
+    Column("url", Text(), nullable=False),
+    Column("headers", Text(), nullable=False),
+    Column("approval", String(16), nullable=False, server_default="auto"),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,

@@ -45,6 +45,10 @@ class ToolCatalog:
         for source in self._sources:
             source.forget(user_id)
 
+    async def aclose(self) -> None:
+        for source in self._sources:
+            await source.aclose()
+
     async def describe(self, user_id: str) -> tuple[list[ToolInfo], dict[str, str]]:
         """The user's tools, and the servers that could not be reached (name -> why)."""
         toolbox = self._builtin

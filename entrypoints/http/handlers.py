@@ -8,8 +8,14 @@ from domain.events import EventType
 from domain.ports import IssuedToken
 from entrypoints.appkeys import LIFECYCLE, USER, services
 from entrypoints.http.bodies import read_body
-from entrypoints.http.schemas import ApprovalBody, ChatMessageBody, Credentials, PasswordChangeBody
-from entrypoints.http.views import grant_view, message_view, run_view, thread_view
+from entrypoints.http.schemas import (
+    ApprovalBody,
+    ChatMessageBody,
+    Credentials,
+    McpServerBody,
+    PasswordChangeBody,
+)
+from entrypoints.http.views import grant_view, mcp_server_view, message_view, run_view, thread_view, tool_view
 from entrypoints.middlewares import request_id_of
 
 routes = web.RouteTableDef()
@@ -131,6 +137,34 @@ async def cancel_run(request: web.Request) -> web.Response:
     run = await found.chat.cancel(_user_id(request), run_id=request.match_info["run_id"])
     run = await found.conversations.run(_user_id(request), run.id)
     return web.json_response({"run_id": run.id, "status": run.status.value}, status=202)
+
+
+@routes.post("/api/mcp/servers")
+async def add_mcp_server(request: web.Request) -> web.Response:
+    body = await read_body(request, McpServerBody, invalid_code="validation_error")
+    server = await services(request.app).mcp.add(_user_id(request), body.name, body.url, body.headers,
+                                                 body.approval)
+    return web.json_response(mcp_server_view(server), status=201)
+
+
+@routes.get("/api/mcp/servers")
+async def list_mcp_servers(request: web.Request) -> web.Response:
+    servers = await services(request.app).mcp.list(_user_id(request))
+    return web.json_response({"servers": [mcp_server_view(server) for server in servers]})
+
+
+@routes.delete("/api/mcp/servers/{name}")
+async def remove_mcp_server(request: web.Request) -> web.Response:
+    await services(request.app).mcp.remove(_user_id(request), request.match_info["name"])
+    return web.Response(status=204)
+
+
+@routes.get("/api/tools")
+async def list_tools(request: web.Request) -> web.Response:
+    tools, unreachable = await services(request.app).tools.describe(_user_id(request))
+    return web.json_response({"tools": [tool_view(tool) for tool in tools],
+                              "unreachable": [{"server": name, "reason": why}
+                                              for name, why in sorted(unreachable.items())]})
 
 
 @routes.get("/api/threads")

@@ -28,6 +28,7 @@ from domain.auth import USERNAME_PATTERN, PasswordPolicy
 from domain.entities import Role, RunStatus
 from domain.events import EventType
 from domain.lanes import Multitask
+from domain.mcp import HEADER_NAME, SERVER_NAME, reserved_header_pattern
 from entrypoints.fields import (
     MAX_ID_CHARS,
     MAX_REASON_CHARS,
@@ -60,6 +61,22 @@ def _no_default(schema: dict[str, Any]) -> None:
 def _absent_or(description: str) -> Any:
     """A field the server leaves out rather than sending null (the schema says only its type)."""
     return Field(None, description=description, json_schema_extra=_no_default)
+
+# An http(s) URL with a host (a name or an IPv4 address), an optional port, no user name or
+# password: what the domain and the guard take (a host is resolved and checked there). A bracketed
+# IPv6 address is taken too, though the document does not say so (not every bracketed text is one).
+MCP_URL = (r"^https?://[A-Za-z0-9.-]+"
+           r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
+           r"(?:[/?#][^\s]*)?$")
+
+
+def _reserved_headers_refused(schema: dict[str, Any]) -> None:
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "object":
+            branch["additionalProperties"] = False  # a name outside patternProperties is no header
+            branch["propertyNames"] = {"pattern": f"^{HEADER_NAME}$",
+                                       "not": {"pattern": reserved_header_pattern()}}
+
 
 # -- requests -----------------------------------------------------------------------------------------
 
@@ -262,6 +279,59 @@ class OpenApproval(PendingApproval):
 
 class OpenApprovalList(_Reply):
     approvals: list[OpenApproval]
+
+
+class McpServerBody(BaseModel):
+    """One of the caller's own MCP servers (Streamable HTTP)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(max_length=32, pattern=SERVER_NAME, description=(
+        "Prefixes its tools' names ({name}__{tool}): lowercase letters, digits, '-', single '_' "
+        "between them."))
+    url: StrictStr = Field(max_length=2048, pattern=MCP_URL, description=(
+        "http(s), no user name or password in it; not a loopback, private or link-local address "
+        "unless the service allows private networks (checked again at every connection)."))
+    headers: dict[Annotated[StrictStr, Field(pattern=f"^{HEADER_NAME}$")],
+                  Annotated[StrictStr, Field(max_length=4096, pattern=r"^[^\r\n\x00]*$")]] | None = Field(
+        None, max_length=16, json_schema_extra=_reserved_headers_refused, description=(
+            "Sent with each request (e.g. Authorization): stored encrypted, never shown again. Not "
+            "the headers the connection sets itself (Host, Content-Type, Mcp-*, ...)."))
+    approval: Literal["auto", "ask"] = "auto"
+
+
+class McpServerView(_Reply):
+    name: str
+    url: str
+    header_names: list[str] = Field(description="Which headers are set; their values are never returned.")
+    approval: Literal["auto", "ask"]
+    created_at: datetime
+
+
+class McpServerList(_Reply):
+    servers: list[McpServerView]
+
+
+class ToolView(_Reply):
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    approval: Literal["auto", "ask"]
+    source: Literal["builtin", "mcp"]
+    server: str | SkipJsonSchema[None] = _absent_or("The MCP server of an MCP tool.")
+    owner: Literal["operator", "user"] | SkipJsonSchema[None] = _absent_or(
+        "An MCP tool's server: offered to everyone (operator), or the caller's own (user).")
+
+
+class UnreachableServer(_Reply):
+    server: str
+    reason: str
+
+
+class ToolList(_Reply):
+    tools: list[ToolView]
+    unreachable: list[UnreachableServer] = Field(description="Servers whose tools could not be listed "
+                                                 "just now; a call of their tools fails with the reason.")
 
 
 class ApprovalBody(ApprovalFields):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from domain.entities import ApprovalGrant, Message, Run, Thread
+from domain.entities import ApprovalGrant, McpServer, Message, Run, Thread
+from domain.tools.catalog import ToolInfo
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -42,4 +43,20 @@ def message_view(message: Message) -> dict[str, Any]:
                             "created_at": iso(message.created_at)}
     if message.run_id is not None:
         view["run_id"] = message.run_id
+    return view
+
+
+def mcp_server_view(server: McpServer) -> dict[str, Any]:
+    return {"name": server.name, "url": server.url, "header_names": sorted(server.headers),
+            "approval": server.approval, "created_at": iso(server.created_at)}
+
+
+def tool_view(tool: ToolInfo) -> dict[str, Any]:
+    view: dict[str, Any] = {"name": tool.name, "description": tool.description,
+                            "input_schema": tool.input_schema, "approval": tool.approval,
+                            "source": tool.source}
+    if tool.server is not None:
+        view["server"] = tool.server
+    if tool.owner is not None:
+        view["owner"] = tool.owner
     return view

@@ -28,7 +28,7 @@ import pytest
 
 from adapters.models.builtin import BuiltinChatModel
 from adapters.persistence.grants import add_grant
-from domain.entities import ApprovalGrant
+from domain.entities import ApprovalGrant, McpServer
 from tests.e2e.client import TERMINAL, Server, User, register, until_ready
 from tests.helpers import eventually
 from tests.overrides import replace_model
@@ -300,6 +300,23 @@ async def revoke_grant(s: Scene) -> None:
     assert status == 200 and [g["grant_id"] for g in body["grants"]] == [b_grant.id], body
 
 
+async def remove_mcp_server(s: Scene) -> None:
+    """B's MCP server: A cannot remove it (404) nor see it or its tools; B still has it."""
+    repository = await s.server.container.mcp_server_repository()
+    await repository.add(McpServer(user_id=s.b.user_id, name="b-vault", url="http://127.0.0.1:9/mcp",
+                                   created_at=datetime.now(UTC),
+                                   headers={"Authorization": f"Bearer {SECRET}"}))
+    await expect_404(s, "DELETE", "/api/mcp/servers/b-vault", "b-vault")
+    status, body = await s.a.http("GET", "/api/mcp/servers")
+    assert status == 200 and body == {"servers": []}, body
+    status, body = await s.a.http("GET", "/api/tools")
+    assert status == 200 and "b-vault" not in json.dumps(body), body
+    s.assert_nothing_of_b(json.dumps(body))
+    status, body = await s.b.http("GET", "/api/mcp/servers")
+    assert [server["name"] for server in body["servers"]] == ["b-vault"], body
+    assert SECRET not in json.dumps(body)  # a header's value is never shown, not even to its owner
+
+
 async def ws_approval_run(s: Scene) -> None:
     for run_id in (s.live_run, s.done_runs[0]):
         await expect_ws_not_found(s, {"type": "approval", "run_id": run_id, "tool_call_id": "call_1",
@@ -350,6 +367,7 @@ CASES = [
     Case("decide approval", ("POST", "/api/runs/{run_id}/approvals"), decide_approval),
     Case("revoke grant", ("DELETE", "/api/approvals/grants/{grant_id}"), revoke_grant),
     Case("ws approval run_id", ("WS", "approval.run_id"), ws_approval_run),
+    Case("remove MCP server", ("DELETE", "/api/mcp/servers/{name}"), remove_mcp_server),
 ]
 # Routes that take an id in their body rather than their path.
 BODY_ID_ROUTES = {("POST", "/api/chat/message"), ("POST", "/api/agui")}

@@ -114,6 +114,10 @@ async def test_the_document_is_served_without_a_token(server: Server) -> None:
 # -- Schemathesis against a live server --------------------------------------------------------------
 
 
+# Port 9 (discard): nothing listens on it here, so a connection is refused at once.
+CLOSED_MCP_URL = "http://127.0.0.1:9/mcp"
+
+
 @dataclass
 class Caller:
     """A user of its own for one operation, so that a logout or a password change of one operation
@@ -139,6 +143,9 @@ class Caller:
         self.waiting = self._ask_approval()
         grants = self.http.get(self.base_url + "/api/approvals/grants", headers=self.auth, timeout=TIMEOUT_S)
         self.ids["grant_id"] = grants.json()["grants"][0]["grant_id"]
+        # An MCP server of theirs (nothing listens there: its tools are listed as unreachable, at once).
+        self._post("/api/mcp/servers", {"name": "fuzz", "url": CLOSED_MCP_URL, "headers": {"X-Key": "k"}})
+        self.ids["name"] = "fuzz"
 
     def _ask_approval(self) -> dict[str, str]:
         answer = self._post("/api/chat/message", {"message": "Forget my locker code", "wait": True}).json()
@@ -170,6 +177,7 @@ def _directed(operation: schemathesis.APIOperation, caller: Caller) -> list[sche
             {"path_parameters": ids, "headers": {"Last-Event-ID": "999"}},  # after the end: it still ends
         ],
         "POST /api/agui": [{"body": agui}, {"body": agui}],  # the same runId again: the same run
+        "POST /api/mcp/servers": [{"body": {"name": "second", "url": CLOSED_MCP_URL}}],
         "POST /api/runs/{run_id}/approvals": [
             {"path_parameters": {"run_id": caller.waiting["run_id"]},
              "body": {"tool_call_id": caller.waiting["tool_call_id"], "approve": True}}],
@@ -235,7 +243,7 @@ def _given(strategy: Any, examples: int, call: Callable[[schemathesis.Case], Non
 
 @pytest.mark.slow
 async def test_schemathesis_finds_no_server_error_and_no_undocumented_response(make_server) -> None:
-    server = await make_server(security={"messages_per_minute": 1000})
+    server = await make_server(security={"messages_per_minute": 1000}, mcp={"allow_private_networks": True})
     failures, seen = await asyncio.to_thread(_fuzz, server.base_url)
     assert not failures, "\n\n".join(failures)
     assert seen.keys() == {f"{method} {path}" for method, path in _documented()}

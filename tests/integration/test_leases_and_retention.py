@@ -330,7 +330,8 @@ async def test_migration_0002_upgrades_and_downgrades(database: Database) -> Non
 
     await migrate_to(database, command.upgrade, "head")
     after = await schema(database)
-    assert after["tables"] == before["tables"] | {"event_log_state", "run_checkpoints", "approval_grants"}
+    assert after["tables"] == before["tables"] | {"event_log_state", "run_checkpoints", "approval_grants",
+                                                        "mcp_servers"}
     assert after["runs"] == [*before["runs"], "owner", "lease_expires_at", "lease_epoch", "takeovers",
                              "wait_expires_at"]
     assert after["indexes"] - before["indexes"] == {

@@ -41,7 +41,7 @@ from domain.events import AgentEvent, EventType
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 TABLES = {"users", "threads", "messages", "runs", "events", "notes", "audit_log", "event_log_state",
-          "run_checkpoints", "approval_grants"}
+          "run_checkpoints", "approval_grants", "mcp_servers"}
 
 
 def at(minutes: float) -> datetime:
@@ -86,7 +86,7 @@ async def test_migrate_creates_every_table_and_twice_is_a_no_op(database: Databa
     assert await SqlAlchemyUserRepository(database).get("usr_a") is not None
     async with database.reading() as conn:
         assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).all() == [
-            ("0006",)
+            ("0007",)
         ]
 
 

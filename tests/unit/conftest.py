@@ -16,6 +16,7 @@ from tests.fakes import (
     InMemoryApprovalGrantRepository,
     InMemoryAuditLog,
     InMemoryEventLog,
+    InMemoryMcpServerRepository,
     InMemoryMessageRepository,
     InMemoryNoteRepository,
     InMemoryRunRepository,
@@ -36,6 +37,7 @@ class Fakes:
     notes: InMemoryNoteRepository
     users: InMemoryUserRepository
     grants: InMemoryApprovalGrantRepository
+    mcp_servers: InMemoryMcpServerRepository
 
 
 @pytest.fixture
@@ -46,7 +48,8 @@ def fakes() -> Fakes:
     return Fakes(clock=FixedClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC)),
                  events=InMemoryEventLog(runs), audit=InMemoryAuditLog(), threads=threads,
                  messages=messages, runs=runs,
-                 notes=InMemoryNoteRepository(), users=InMemoryUserRepository(), grants=grants)
+                 notes=InMemoryNoteRepository(), users=InMemoryUserRepository(), grants=grants,
+                 mcp_servers=InMemoryMcpServerRepository())
 
 
 @pytest.fixture
@@ -70,4 +73,5 @@ def fake_container(fakes: Fakes, unit_settings: Settings) -> Container:
     container.runs.override(providers.Object(fakes.runs))
     container.notes.override(providers.Object(fakes.notes))
     container.grants.override(providers.Object(fakes.grants))
+    container.mcp_server_repository.override(providers.Object(fakes.mcp_servers))
     return container

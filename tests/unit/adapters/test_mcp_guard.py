@@ -11,6 +11,7 @@ import ssl
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import httpcore2
 import httpx2
 import pytest
 from cryptography import x509
@@ -95,12 +96,18 @@ async def test_a_name_is_refused_if_any_of_its_addresses_is() -> None:
     ("http:///mcp", "http:// or https://"),
     ("https://user:pw@93.184.216.34/mcp", "user name or password"),
     ("http://93.184.216.34:99999/mcp", "not a valid URL"),
-    ("https://nowhere.test/mcp", "could not be resolved"),
 ])
-async def test_urls_that_are_not_http_or_do_not_resolve_are_refused(url: str, says: str) -> None:
+async def test_urls_that_are_not_http_are_refused(url: str, says: str) -> None:
     guard = NetworkGuard(allow_private_networks=True, resolver=resolver({}))
     with pytest.raises(ValidationFailed, match=says):
         await guard.check(url)
+
+
+async def test_a_name_that_does_not_resolve_now_is_taken_and_checked_at_each_connection() -> None:
+    guard = NetworkGuard(allow_private_networks=False, resolver=resolver({}))
+    await guard.check("https://nowhere.test/mcp")
+    with pytest.raises(httpcore2.ConnectError, match="could not be resolved"):
+        await guard.resolve("nowhere.test", 443)
 
 
 class HttpServer:
