@@ -1,7 +1,8 @@
 // goldenpath web chat's entry module: wires the modules in js/ to the page and to each other, and starts.
 // Plain ES modules, no dependencies, no build step. Lowest first: dom, state, api, sidebar, composer,
 // socket, approval_card, approvals, run_render, run_view, conversation, threads, sending, connection,
-// auth; each imports only from below it, and the few calls upward go through the hooks set here.
+// tools_form, tools, auth; each imports only from below it, and the few calls upward go through the
+// hooks set here.
 // Every piece of user or model text reaches the page through textContent, never innerHTML.
 
 import { whenUnauthorized } from "./js/api.js";
@@ -17,6 +18,7 @@ import { closeSidebar, openSidebar, syncSidebarMode } from "./js/sidebar.js";
 import { retryNow, setSocketHandlers } from "./js/socket.js";
 import { CURSOR_KEY, EXPIRES_KEY, NARROW, TOKEN_KEY, state, ui } from "./js/state.js";
 import { newChat, renderThreads, selectThread, threadFromHash, writeHash } from "./js/threads.js";
+import { openTools } from "./js/tools.js";
 
 // ---------------------------------------------------------------------------------------------
 // Hooks: calls from a lower module up to a higher one
@@ -36,6 +38,10 @@ whenThreadGone(() => {
 
 ui.authForm.addEventListener("submit", onAuthSubmit);
 ui.logoutButton.addEventListener("click", () => logout("You have logged out."));
+ui.toolsButton.addEventListener("click", () => {
+  if (document.body.classList.contains("sidebar-open")) closeSidebar(false);
+  openTools();
+});
 ui.newChat.addEventListener("click", newChat);
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();

@@ -8,6 +8,7 @@ import { closeSidebar } from "./sidebar.js";
 import { connect, disconnect, hideBanner } from "./socket.js";
 import { CURSOR_KEY, EXPIRES_KEY, NARROW, TOKEN_KEY, state, ui } from "./state.js";
 import { loadThreads, renderThreads, threadFromHash } from "./threads.js";
+import { forgetTools } from "./tools.js";
 
 export function showView(name) {
   const chatting = name === "chat";
@@ -117,6 +118,7 @@ export function logout(note) {
   state.pending.clear();
   state.asking.clear();
   state.historyRequest += 1;
+  forgetTools();
   ui.threadList.replaceChildren();
   ui.conversation.replaceChildren();
   ui.accountName.textContent = "";

@@ -19,6 +19,7 @@ export const ui = {
   account: $("account"),
   accountName: $("account-name"),
   logoutButton: $("logout-button"),
+  toolsButton: $("tools-button"),
   sidebarToggle: $("sidebar-toggle"),
   sidebar: $("sidebar"),
   scrim: $("scrim"),
