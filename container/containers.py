@@ -21,12 +21,8 @@ from adapters.persistence.event_log import SqlAlchemyEventLog
 from adapters.persistence.grants import SqlAlchemyApprovalGrantRepository
 from adapters.persistence.mcp_servers import SqlAlchemyMcpServerRepository
 from adapters.persistence.notes import SqlAlchemyNoteRepository
-from adapters.persistence.repositories import (
-    SqlAlchemyMessageRepository,
-    SqlAlchemyRunRepository,
-    SqlAlchemyThreadRepository,
-    SqlAlchemyUserRepository,
-)
+from adapters.persistence.repositories import SqlAlchemyRunRepository, SqlAlchemyUserRepository
+from adapters.persistence.threads import SqlAlchemyMessageRepository, SqlAlchemyThreadRepository
 from adapters.redis_bus import RedisEventBus
 from adapters.redis_rate_limit import RedisMessageRateLimit
 from adapters.run_control import LocalRunControl, RedisRunControl
@@ -240,7 +236,8 @@ class Container(containers.DeclarativeContainer):
         McpToolSource, operator_servers=settings.provided.mcp.servers, servers=mcp_server_repository,
         settings=settings.provided.mcp, guard=mcp_guard,
     )
-    tool_catalog = providers.Singleton(ToolCatalog, builtin=toolbox, sources=providers.List(mcp_source))
+    tool_catalog = providers.Singleton(ToolCatalog, builtin=toolbox, sources=providers.List(mcp_source),
+                                       external_call_limit=settings.provided.mcp.max_calls_per_run)
     approval_gate = providers.Singleton(ApprovalGate, grants=grants, clock=clock,
                                         timeout_s=settings.provided.approvals.timeout_s)
     bridge = providers.Singleton(AgentWebSocketBridge, event_log=event_log, bus=event_bus)
@@ -311,5 +308,6 @@ class Container(containers.DeclarativeContainer):
         waiting=waiting_runs,
     )
     conversation_service = providers.Singleton(
-        ConversationService, threads=threads, messages=messages, runs=runs, events=event_log
+        ConversationService, threads=threads, messages=messages, runs=runs, events=event_log, ids=ids,
+        clock=clock,
     )

@@ -237,6 +237,12 @@ async def _ask(gate: ApprovalGate, emitter: RunEventEmitter, state: RunState, ca
 
 
 async def _run_tool(tools: _Tools, emitter: RunEventEmitter, state: RunState, call: ToolCall) -> None:
+    if state.in_flight != call.id and (refused := tools.toolbox.over_external_limit(call.name,
+                                                                                  state.tool_calls)):
+        await _completed(emitter, state, call, json.dumps({"error": refused}),
+                         ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=0, result=None,
+                                       error=refused))
+        return
     if state.in_flight != call.id:  # a call run again after a takeover is counted once
         state.tool_calls.append(call)
         state.usage.tool_calls += 1

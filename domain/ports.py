@@ -61,6 +61,10 @@ class EventLog(Protocol):
         """The run's events after `after_seq`, in seq order; the first `limit` of them if given."""
         ...
 
+    async def read_runs(self, user_id: str, run_ids: Collection[str]) -> list[AgentEvent]:
+        """Every event of these runs of the user, by run, in seq order (a thread's timeline page)."""
+        ...
+
     async def read_user(self, user_id: str, after_cursor: str | None,
                         limit: int | None = None) -> list[AgentEvent]:
         """Events after the cursor, in cursor order (the first `limit` if given); CursorExpired
@@ -97,11 +101,22 @@ class UserRepository(Protocol):
 
 
 class ThreadRepository(Protocol):
-    """Threads are written with their runs (RunRepository.add, finish); here they are read and deleted."""
+    """Threads are written with their runs (RunRepository.add, finish); here they are read, found,
+    renamed, forked and deleted."""
 
     async def get(self, user_id: str, thread_id: str) -> Thread | None: ...
 
-    async def list_for_user(self, user_id: str) -> Sequence[Thread]: ...
+    async def page(self, user_id: str, *, query: str | None = None,
+                   after: tuple[datetime, str] | None = None, limit: int = 100) -> Sequence[Thread]:
+        """The user's threads, most recently updated first, after (updated_at, id) `after`; with
+        `query`, those whose title or any message holds it (case-insensitive)."""
+        ...
+
+    async def rename(self, user_id: str, thread_id: str, title: str) -> Thread | None: ...
+
+    async def add_fork(self, thread: Thread, messages: Sequence[Message]) -> None:
+        """A new thread with copies of another's messages, in one transaction."""
+        ...
 
     async def delete(self, user_id: str, thread_id: str) -> bool: ...
 
@@ -110,6 +125,11 @@ class MessageRepository(Protocol):
     """Messages are written with their runs (RunRepository.add, finish); here they are read."""
 
     async def list_for_thread(self, user_id: str, thread_id: str) -> Sequence[Message]: ...
+
+    async def page(self, user_id: str, thread_id: str, *, before: tuple[datetime, str] | None = None,
+                   limit: int = 50) -> Sequence[Message]:
+        """The thread's last `limit` messages before (created_at, id) `before`, newest first."""
+        ...
 
 
 class RunRepository(Protocol):
@@ -123,6 +143,8 @@ class RunRepository(Protocol):
         ...
 
     async def get(self, user_id: str, run_id: str) -> Run | None: ...
+
+    async def get_many(self, user_id: str, run_ids: Collection[str]) -> Sequence[Run]: ...
 
     async def get_by_client_message_id(self, user_id: str, client_message_id: str) -> Run | None: ...
 

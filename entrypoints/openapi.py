@@ -32,6 +32,8 @@ from entrypoints.http.schemas import (
     Credentials,
     ErrorBody,
     ErrorDetail,
+    ForkBody,
+    ForkResult,
     GrantList,
     Health,
     McpServerBody,
@@ -48,6 +50,9 @@ from entrypoints.http.schemas import (
     RunEventMessage,
     RunView,
     ThreadList,
+    ThreadRenameBody,
+    ThreadView,
+    TimelinePage,
     TokenView,
     ToolList,
     UserView,
@@ -120,6 +125,7 @@ class Operation:
     public: bool = False
     description: str = ""
     headers: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    query: dict[str, tuple[Any, str]] = field(default_factory=dict)
 
 
 _PRIVATE = (401, 503)
@@ -189,8 +195,31 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/api/tools", "listTools", "The tools your agent can use", "tools",
               {200: Reply("Builtin, the service's MCP servers', your own MCP servers'.", ToolList)},
               _PRIVATE),
-    Operation("get", "/api/threads", "listThreads", "The caller's threads", "threads",
-              {200: Reply("Most recently updated first.", ThreadList)}, _PRIVATE),
+    Operation("get", "/api/threads", "listThreads", "The caller's threads, a page at a time", "threads",
+              {200: Reply("Most recently updated first.", ThreadList)}, (400, 401, 404, 503),
+              query={"q": (Annotated[str, Field(max_length=200)], "Only threads whose title or messages "
+                           "hold this text (case-insensitive)."),
+                     "cursor": (Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,512}$")],
+                                "`next_cursor` of the page before (404 when it is not one)."),
+                     "limit": (Annotated[str, Field(pattern=r"^(?:[1-9][0-9]?|1[0-9]{2}|200)$")],
+                               "Threads per page, 1 to 200 (default 100).")}),
+    Operation("patch", "/api/threads/{thread_id}", "renameThread", "Rename a thread", "threads",
+              {200: Reply("The thread, renamed.", ThreadView)}, (400, 401, 404, 413, 422, 503),
+              body=ThreadRenameBody),
+    Operation("post", "/api/threads/{thread_id}/fork", "forkThread",
+              "Fork a thread at one of your messages (to edit it and send it again)", "threads",
+              {201: Reply("A new thread with the history before that message, and the message.", ForkResult)},
+              (400, 401, 404, 413, 422, 503), body=ForkBody,
+              description="Then send the edited message as a chat in the new thread."),
+    Operation("get", "/api/threads/{thread_id}/timeline", "threadTimeline",
+              "A thread as it was seen live: messages, runs and their events", "threads",
+              {200: Reply("A page of messages, oldest first, from the end of the thread; each user's "
+                          "message with its run and every event of it.", TimelinePage)},
+              (400, 401, 404, 503),
+              query={"before": (Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,512}$")],
+                                "`before` of the page after this one (404 when it is not one)."),
+                     "limit": (Annotated[str, Field(pattern=r"^(?:[1-9][0-9]?|1[0-9]{2}|200)$")],
+                               "Messages per page, 1 to 200 (default 50).")}),
     Operation("get", "/api/threads/{thread_id}/messages", "threadMessages", "A thread's messages",
               "threads", {200: Reply("Oldest first.", MessageList)}, (401, 404, 503)),
     Operation("delete", "/api/threads/{thread_id}", "deleteThread", "Delete a thread", "threads",
@@ -262,9 +291,10 @@ def _operation(op: Operation, refs: dict[type[BaseModel], dict[str, Any]],
     if op.description:
         document["description"] = op.description
     parameters = _path_parameters(op.path) + [
-        {"name": name, "in": "header", "required": False, "description": text,
+        {"name": name, "in": place, "required": False, "description": text,
          "schema": _string_schema(annotation)}
-        for name, (annotation, text) in op.headers.items()
+        for place, named in (("header", op.headers), ("query", op.query))
+        for name, (annotation, text) in named.items()
     ]
     if parameters:
         document["parameters"] = parameters

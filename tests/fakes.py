@@ -197,9 +197,24 @@ class InMemoryThreadRepository:
         thread = self.threads.get(thread_id)
         return thread if thread is not None and thread.user_id == user_id else None
 
-    async def list_for_user(self, user_id: str) -> Sequence[Thread]:
-        mine = [t for t in self.threads.values() if t.user_id == user_id]
-        return sorted(mine, key=lambda t: t.updated_at, reverse=True)
+    async def page(self, user_id: str, *, query: str | None = None,
+                   after: tuple[datetime, str] | None = None, limit: int = 100) -> Sequence[Thread]:
+        found = (t for t in self.threads.values()
+                 if t.user_id == user_id and (query is None or query.lower() in t.title.lower()))
+        mine = sorted(found, key=lambda t: (-t.updated_at.timestamp(), t.id))
+        if after is not None:
+            mine = [t for t in mine if (-t.updated_at.timestamp(), t.id) > (-after[0].timestamp(), after[1])]
+        return mine[:limit]
+
+    async def rename(self, user_id: str, thread_id: str, title: str) -> Thread | None:
+        if await self.get(user_id, thread_id) is None:
+            return None
+        self.threads[thread_id] = replace(self.threads[thread_id], title=title)
+        return self.threads[thread_id]
+
+    async def add_fork(self, thread: Thread, messages: Sequence[Message]) -> None:
+        self.threads[thread.id] = thread
+        self.forked_messages = list(messages)
 
     async def touch(self, thread_id: str, at: datetime) -> None:
         if thread_id in self.threads:
@@ -221,6 +236,12 @@ class InMemoryMessageRepository:
 
     async def list_for_thread(self, user_id: str, thread_id: str) -> Sequence[Message]:
         return [m for m in self.messages if m.thread_id == thread_id and m.user_id == user_id]
+
+    async def page(self, user_id: str, thread_id: str, *, before: tuple[datetime, str] | None = None,
+                   limit: int = 50) -> Sequence[Message]:
+        mine = sorted(await self.list_for_thread(user_id, thread_id), key=lambda m: (m.created_at, m.id),
+                      reverse=True)
+        return [m for m in mine if before is None or (m.created_at, m.id) < before][:limit]
 
 
 class InMemoryRunRepository:
@@ -249,6 +270,9 @@ class InMemoryRunRepository:
     async def get(self, user_id: str, run_id: str) -> Run | None:
         run = self.runs.get(run_id)
         return run if run is not None and run.user_id == user_id else None
+
+    async def get_many(self, user_id: str, run_ids: Collection[str]) -> Sequence[Run]:
+        return [run for run_id in run_ids if (run := await self.get(user_id, run_id)) is not None]
 
     async def get_by_client_message_id(self, user_id: str, client_message_id: str) -> Run | None:
         return next((r for r in self.runs.values()
@@ -386,6 +410,10 @@ class InMemoryEventLog:
                        limit: int | None = None) -> list[AgentEvent]:
         return [e for e in self.events
                 if e.user_id == user_id and e.run_id == run_id and e.seq > after_seq][:limit]
+
+    async def read_runs(self, user_id: str, run_ids: Collection[str]) -> list[AgentEvent]:
+        return sorted((e for e in self.events if e.user_id == user_id and e.run_id in run_ids),
+                      key=lambda e: (e.run_id, e.seq))
 
     async def read_user(self, user_id: str, after_cursor: str | None,
                         limit: int | None = None) -> list[AgentEvent]:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from adapters.mcp.client import Endpoint, HttpEndpoint, Listing, McpConnector, McpError, StdioEndpoint
 from adapters.mcp.guard import NetworkGuard
-from adapters.mcp.tools import McpTool, RunBudget, offered_tools
+from adapters.mcp.tools import McpTool, offered_tools
 from domain.entities import McpServer
 from domain.ports import McpServerRepository
 from domain.tools.base import ExternalTools, Tool
@@ -59,8 +59,6 @@ class McpOptions(Protocol):
 
     @property
     def timeout_s(self) -> float: ...
-    @property
-    def max_calls_per_run(self) -> int: ...
     @property
     def max_result_chars(self) -> int: ...
     @property
@@ -120,7 +118,6 @@ class McpToolSource:
         targets = [*(self._operator_target(server, user_id) for server in self._operator),
                    *self._user_targets(user_id, await self._servers.list_for_user(user_id))]
         entries = await asyncio.gather(*(self._entry(target) for target in targets))
-        budget = RunBudget(self._settings.max_calls_per_run)
         tools: list[Tool] = []
         unreachable: dict[str, str] = {}
         for target, entry in zip(targets, entries, strict=True):
@@ -130,7 +127,7 @@ class McpToolSource:
             for offered in offered_tools(target.name, entry.listing.tools, target.allow):
                 tools.append(McpTool(offered=offered, server=target.name, owner=target.owner,
                                      approval=target.approval, user_id=user_id, endpoint=target.endpoint,
-                                     listing=entry.listing, connector=self._connector, budget=budget,
+                                     listing=entry.listing, connector=self._connector,
                                      max_result_chars=self._settings.max_result_chars))
         return ExternalTools(tools=tuple(tools), unreachable=unreachable)
 

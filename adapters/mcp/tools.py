@@ -24,20 +24,6 @@ MAX_TOOLS = 128  # per server (OpenAI takes at most 128 tools in one request)
 _NOT_NAME = re.compile(r"[^a-zA-Z0-9_-]")
 
 
-class RunBudget:
-    """The MCP calls one run may still make (one per tools_for() result, i.e. per run)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def take(self) -> None:
-        if self.used >= self.limit:
-            raise ToolError(f"this run has made {self.limit} MCP tool calls, the most one run may make; "
-                            "answer with what you have")
-        self.used += 1
-
-
 @dataclass(frozen=True, slots=True)
 class Offered:
     """A server's tool as offered: the name the model sees, and the tool the server knows."""
@@ -80,7 +66,7 @@ class McpTool:
     source = "mcp"
 
     def __init__(self, *, offered: Offered, server: str, owner: str, approval: str, user_id: str,
-                 endpoint: Endpoint, listing: Listing, connector: McpConnector, budget: RunBudget,
+                 endpoint: Endpoint, listing: Listing, connector: McpConnector,
                  max_result_chars: int) -> None:
         tool = offered.tool
         schema = dict(tool.input_schema)
@@ -101,7 +87,6 @@ class McpTool:
         self._endpoint = endpoint
         self._listing = listing
         self._connector = connector
-        self._budget = budget
         self._max_chars = max_result_chars
 
     def __repr__(self) -> str:
@@ -111,7 +96,6 @@ class McpTool:
                        call_key: str) -> Any:
         if context.user_id != self._user_id:  # built for one user's run: never anyone else's
             raise ToolError(f"there is no tool named {self.spec.name!r}")
-        self._budget.take()
         try:
             result = await self._connector.call_tool(self._endpoint, self.remote_name, arguments,
                                                       self._listing)

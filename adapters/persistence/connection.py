@@ -77,3 +77,8 @@ class InlineConnection:
         return fn(self._sync, *args)
 
 
+
+
+def escape_like(text: str) -> str:
+    """`text` as a literal inside a LIKE pattern whose escape character is a backslash."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -168,6 +168,14 @@ class SqlAlchemyEventLog:
                  .where(events.c.user_id == user_id, events.c.run_id == run_id,
                         events.c.seq > after_seq)
                  .order_by(events.c.seq).limit(limit))
+        async with self._db.reading() as conn:
+            return [_event(row) for row in await conn.execute(query)]
+
+    async def read_runs(self, user_id: str, run_ids: Collection[str]) -> list[AgentEvent]:
+        if not run_ids:
+            return []
+        query = (select(events).where(events.c.user_id == user_id, events.c.run_id.in_(list(run_ids)))
+                 .order_by(events.c.run_id, events.c.seq))
         async with self._db.reading() as conn:
             return [_event(row) for row in await conn.execute(query)]
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import case, delete, insert, literal, select
 
 from adapters.persistence.committer import Transaction
-from adapters.persistence.connection import upsert_into
+from adapters.persistence.connection import escape_like, upsert_into
 from adapters.persistence.database import Database
 from adapters.persistence.tables import notes
 from domain.entities import Note
@@ -24,10 +24,6 @@ _STOP_WORDS = frozenset({
     "what", "when", "where", "which", "who", "whom", "why", "will", "with", "would", "you",
     "your", "yours",
 })
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def search_words(query: str) -> list[str]:
@@ -101,5 +97,5 @@ class SqlAlchemyNoteRepository:
 
 
 def _hits(words: list[str]) -> list[Any]:
-    return [notes.c.text.ilike(f"%{_escape_like(w)}%", escape="\\") for w in words]
+    return [notes.c.text.ilike(f"%{escape_like(w)}%", escape="\\") for w in words]
 

@@ -7,16 +7,15 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from adapters.persistence.committer import Transaction
 from adapters.persistence.connection import SqlConnection
 from adapters.persistence.database import Database
-from adapters.persistence.event_log import delete_thread_events
 from adapters.persistence.grants import add_grant
-from adapters.persistence.tables import approval_grants, messages, run_checkpoints, runs, threads, users
-from domain.entities import ApprovalGrant, Message, Role, Run, RunStatus, Thread, User
+from adapters.persistence.tables import messages, run_checkpoints, runs, threads, users
+from domain.entities import ApprovalGrant, Message, Run, RunStatus, Thread, User
 from domain.errors import Conflict, NotFound
 
 _UNFINISHED = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
@@ -27,12 +26,6 @@ _INSERT_MESSAGE = insert(messages)
 _INSERT_RUN = insert(runs)
 _TOUCH_THREAD = (update(threads).where(threads.c.id == bindparam("thread_id"))
                  .values(updated_at=bindparam("at")))
-_THREAD_OF_USER = select(threads).where(threads.c.id == bindparam("thread_id"),
-                                        threads.c.user_id == bindparam("user_id"))
-_MESSAGES_OF_THREAD = (select(messages)
-                       .where(messages.c.thread_id == bindparam("thread_id"),
-                              messages.c.user_id == bindparam("user_id"))
-                       .order_by(messages.c.created_at, messages.c.id))
 _RUN_BY_ID = select(runs).where(runs.c.user_id == bindparam("user_id"), runs.c.id == bindparam("key"))
 _RUN_BY_CLIENT_MESSAGE_ID = select(runs).where(runs.c.user_id == bindparam("user_id"),
                                                runs.c.client_message_id == bindparam("key"))
@@ -147,53 +140,6 @@ class SqlAlchemyUserRepository:
         return None if row is None else User(**row._mapping)
 
 
-class SqlAlchemyThreadRepository:
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def get(self, user_id: str, thread_id: str) -> Thread | None:
-        async with self._db.reading() as conn:
-            row = (await conn.execute(_THREAD_OF_USER, {"thread_id": thread_id, "user_id": user_id})).first()
-        return None if row is None else Thread(**row._mapping)
-
-    async def list_for_user(self, user_id: str) -> Sequence[Thread]:
-        query = (select(threads).where(threads.c.user_id == user_id)
-                 .order_by(threads.c.updated_at.desc(), threads.c.id))
-        async with self._db.reading() as conn:
-            return [Thread(**row._mapping) for row in await conn.execute(query)]
-
-    async def delete(self, user_id: str, thread_id: str) -> bool:
-        """Deletes the thread's messages, runs and events too, whether or not foreign keys cascade.
-
-        A deleted conversation must not be replayable, so its events go in the same transaction.
-        """
-        owned = select(threads.c.id).where(threads.c.id == thread_id,
-                                           threads.c.user_id == user_id)
-
-        async def delete_owned(conn: SqlConnection) -> bool:
-            if (await conn.execute(owned)).first() is None:
-                return False
-            await conn.execute(delete(messages).where(messages.c.thread_id == thread_id))
-            await conn.execute(delete(runs).where(runs.c.thread_id == thread_id))
-            await conn.execute(delete(approval_grants).where(approval_grants.c.user_id == user_id,
-                                                             approval_grants.c.thread_id == thread_id))
-            await conn.execute(delete(threads).where(threads.c.id == thread_id))
-            await delete_thread_events(conn, user_id, thread_id)
-            return True
-
-        return await self._db.write(delete_owned)
-
-
-class SqlAlchemyMessageRepository:
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    async def list_for_thread(self, user_id: str, thread_id: str) -> Sequence[Message]:
-        async with self._db.reading() as conn:
-            rows = await conn.execute(_MESSAGES_OF_THREAD, {"thread_id": thread_id, "user_id": user_id})
-            return [Message(**{**row._mapping, "role": Role(row.role)}) for row in rows]
-
-
 def _run(row: Any) -> Run:
     return Run(**{**row._mapping, "status": RunStatus(row.status)})
 
@@ -233,6 +179,13 @@ class SqlAlchemyRunRepository:
 
     async def get(self, user_id: str, run_id: str) -> Run | None:
         return await self._one(_RUN_BY_ID, user_id, run_id)
+
+    async def get_many(self, user_id: str, run_ids: Collection[str]) -> Sequence[Run]:
+        if not run_ids:
+            return []
+        query = select(runs).where(runs.c.user_id == user_id, runs.c.id.in_(list(run_ids)))
+        async with self._db.reading() as conn:
+            return [_run(row) for row in await conn.execute(query)]
 
     async def get_by_client_message_id(self, user_id: str, client_message_id: str) -> Run | None:
         return await self._one(_RUN_BY_CLIENT_MESSAGE_ID, user_id, client_message_id)

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from domain.context import UserExecutionContext
 from domain.errors import StorageUnavailable, ToolError
-from domain.llm import ToolSpec
+from domain.llm import ToolCall, ToolSpec
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +105,17 @@ class ToolBox:
 
     def __init__(self, tools: Iterable[Tool | BlockingTool], *, timeout_s: float, pause_s: float,
                  policies: Mapping[str, str] | None = None,
-                 unreachable: Mapping[str, str] | None = None) -> None:
+                 unreachable: Mapping[str, str] | None = None,
+                 external: Iterable[str] = (), external_limit: int | None = None) -> None:
         self._tools = {tool.spec.name: tool for tool in tools}
         self._overrides = dict(policies or {})
         # Each tool's approval policy: the settings' word for it, else the tool's own, else auto.
         self._policies = {name: Policy(self._overrides.get(name, getattr(tool, "approval", Policy.AUTO)))
                           for name, tool in self._tools.items()}
         self._unreachable = dict(unreachable or {})
+        # The tools of sources (MCP): a run may call them `external_limit` times in all.
+        self._external = frozenset(external)
+        self._external_limit = external_limit
         self._specs = tuple(tool.spec for tool in self._tools.values())
         self._timeout_s = timeout_s
         self._pause_s = pause_s  # before each call: demos and fault drills (settings tools.pause_ms)
@@ -120,12 +124,27 @@ class ToolBox:
     def specs(self) -> tuple[ToolSpec, ...]:
         return self._specs
 
-    def with_external(self, external: ExternalTools) -> ToolBox:
-        """These tools and a source's, for one run (same timeouts, same policy overrides)."""
+    def with_external(self, external: ExternalTools, *, limit: int | None = None) -> ToolBox:
+        """These tools and a source's, for one run (same timeouts, same policy overrides); the run
+        may call the source's tools `limit` times in all (None: no limit)."""
         if not external.tools and not external.unreachable:
             return self
         return ToolBox([*self._tools.values(), *external.tools], timeout_s=self._timeout_s,
-                       pause_s=self._pause_s, policies=self._overrides, unreachable=external.unreachable)
+                       pause_s=self._pause_s, policies=self._overrides,
+                       unreachable={**self._unreachable, **external.unreachable},
+                       external=[*self._external, *(tool.spec.name for tool in external.tools)],
+                       external_limit=limit if limit is not None else self._external_limit)
+
+    def over_external_limit(self, name: str, calls: Iterable[ToolCall]) -> str | None:
+        """Why a call of `name` may not run, when the run's calls so far (`calls`, as its checkpoint
+        keeps them across approvals and takeovers) used up its calls of external tools."""
+        if name not in self._external or self._external_limit is None:
+            return None
+        made = sum(call.name in self._external for call in calls)
+        if made < self._external_limit:
+            return None
+        return (f"this run has made {self._external_limit} calls of MCP tools, the most one run may "
+                "make; answer with what you have")
 
     def tools(self) -> list[Tool | BlockingTool]:
         return list(self._tools.values())

@@ -27,9 +27,11 @@ class ToolCatalog:
     """One per process. A run's toolbox is the builtin one with each source's tools for its user
     added; with no source (or nothing from one) it is the builtin toolbox itself, shared."""
 
-    def __init__(self, *, builtin: ToolBox, sources: Sequence[ToolSource] = ()) -> None:
+    def __init__(self, *, builtin: ToolBox, sources: Sequence[ToolSource] = (),
+                 external_call_limit: int | None = None) -> None:
         self._builtin = builtin
         self._sources = tuple(sources)
+        self._external_call_limit = external_call_limit  # per run, all sources' tools together
 
     @property
     def builtin(self) -> ToolBox:
@@ -38,7 +40,7 @@ class ToolCatalog:
     async def for_user(self, user_id: str) -> ToolBox:
         toolbox = self._builtin
         for source in self._sources:
-            toolbox = toolbox.with_external(await source.tools_for(user_id))
+            toolbox = toolbox.with_external(await source.tools_for(user_id), limit=self._external_call_limit)
         return toolbox
 
     def forget(self, user_id: str) -> None:

@@ -7,15 +7,26 @@ from aiohttp import web
 from domain.events import EventType
 from domain.ports import IssuedToken
 from entrypoints.appkeys import LIFECYCLE, USER, services
+from entrypoints.http import paging
 from entrypoints.http.bodies import read_body
 from entrypoints.http.schemas import (
     ApprovalBody,
     ChatMessageBody,
     Credentials,
+    ForkBody,
     McpServerBody,
     PasswordChangeBody,
+    ThreadRenameBody,
 )
-from entrypoints.http.views import grant_view, mcp_server_view, message_view, run_view, thread_view, tool_view
+from entrypoints.http.views import (
+    grant_view,
+    mcp_server_view,
+    message_view,
+    run_view,
+    thread_view,
+    timeline_item_view,
+    tool_view,
+)
 from entrypoints.middlewares import request_id_of
 
 routes = web.RouteTableDef()
@@ -169,8 +180,38 @@ async def list_tools(request: web.Request) -> web.Response:
 
 @routes.get("/api/threads")
 async def list_threads(request: web.Request) -> web.Response:
-    threads = await services(request.app).conversations.threads(_user_id(request))
-    return web.json_response({"threads": [thread_view(t) for t in threads]})
+    after = paging.decode(request.query.get("cursor"), "cursor")
+    page = await services(request.app).conversations.threads(
+        _user_id(request), query=request.query.get("q"), after=after,
+        limit=paging.limit_of(request, default=100, most=200))
+    return web.json_response({"threads": [thread_view(t) for t in page.threads],
+                              "next_cursor": paging.encode(page.after)})
+
+
+@routes.patch("/api/threads/{thread_id}")
+async def rename_thread(request: web.Request) -> web.Response:
+    body = await read_body(request, ThreadRenameBody, invalid_code="validation_error")
+    thread = await services(request.app).conversations.rename(
+        _user_id(request), request.match_info["thread_id"], body.title)
+    return web.json_response(thread_view(thread))
+
+
+@routes.post("/api/threads/{thread_id}/fork")
+async def fork_thread(request: web.Request) -> web.Response:
+    body = await read_body(request, ForkBody, invalid_code="validation_error")
+    thread, message = await services(request.app).conversations.fork(
+        _user_id(request), request.match_info["thread_id"], body.message_id)
+    return web.json_response({"thread": thread_view(thread), "message": message_view(message)}, status=201)
+
+
+@routes.get("/api/threads/{thread_id}/timeline")
+async def thread_timeline(request: web.Request) -> web.Response:
+    before = paging.decode(request.query.get("before"), "before")
+    timeline = await services(request.app).conversations.timeline(
+        _user_id(request), request.match_info["thread_id"], before=before,
+        limit=paging.limit_of(request, default=50, most=200))
+    return web.json_response({"items": [timeline_item_view(item) for item in timeline.items],
+                              "before": paging.encode(timeline.before)})
 
 
 @routes.get("/api/threads/{thread_id}/messages")

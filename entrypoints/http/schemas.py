@@ -63,8 +63,7 @@ def _absent_or(description: str) -> Any:
     return Field(None, description=description, json_schema_extra=_no_default)
 
 # An http(s) URL with a host (a name or an IPv4 address), an optional port, no user name or
-# password: what the domain and the guard take (a host is resolved and checked there). A bracketed
-# IPv6 address is taken too, though the document does not say so (not every bracketed text is one).
+# password: what the domain and the guard take (a host is resolved and checked there).
 MCP_URL = (r"^https?://[A-Za-z0-9.-]+"
            r"(?::(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?"
            r"(?:[/?#][^\s]*)?$")
@@ -281,19 +280,25 @@ class OpenApprovalList(_Reply):
     approvals: list[OpenApproval]
 
 
+HeaderName = Annotated[StrictStr, Field(json_schema_extra={"pattern": f"^{HEADER_NAME}$"})]
+HeaderValue = Annotated[StrictStr, Field(max_length=4096, json_schema_extra={"pattern": r"^[^\r\n\x00]*$"})]
+
+
 class McpServerBody(BaseModel):
     """One of the caller's own MCP servers (Streamable HTTP)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: StrictStr = Field(max_length=32, pattern=SERVER_NAME, description=(
+    # Patterns here are shown, not enforced: the domain judges each field and says why in words.
+    name: StrictStr = Field(max_length=32, json_schema_extra={"pattern": SERVER_NAME}, description=(
         "Prefixes its tools' names ({name}__{tool}): lowercase letters, digits, '-', single '_' "
         "between them."))
-    url: StrictStr = Field(max_length=2048, pattern=MCP_URL, description=(
+    # The pattern is shown, not enforced here: the domain and the guard judge the URL and say why
+    # (a bracketed IPv6 address, which the pattern leaves out, is taken too).
+    url: StrictStr = Field(max_length=2048, json_schema_extra={"pattern": MCP_URL}, description=(
         "http(s), no user name or password in it; not a loopback, private or link-local address "
         "unless the service allows private networks (checked again at every connection)."))
-    headers: dict[Annotated[StrictStr, Field(pattern=f"^{HEADER_NAME}$")],
-                  Annotated[StrictStr, Field(max_length=4096, pattern=r"^[^\r\n\x00]*$")]] | None = Field(
+    headers: dict[HeaderName, HeaderValue] | None = Field(
         None, max_length=16, json_schema_extra=_reserved_headers_refused, description=(
             "Sent with each request (e.g. Authorization): stored encrypted, never shown again. Not "
             "the headers the connection sets itself (Host, Content-Type, Mcp-*, ...)."))
@@ -375,6 +380,19 @@ class ThreadView(_Reply):
 
 class ThreadList(_Reply):
     threads: list[ThreadView]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: the last page.")
+
+
+class ThreadRenameBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: StrictStr = Field(min_length=1, max_length=200, pattern=NOT_BLANK)
+
+
+class ForkBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: Id = Field(description="A user message of the thread: the fork holds what came before it.")
 
 
 class MessageView(_Reply):
@@ -387,6 +405,25 @@ class MessageView(_Reply):
 
 class MessageList(_Reply):
     messages: list[MessageView]
+
+
+class ForkResult(_Reply):
+    thread: ThreadView
+    message: MessageView = Field(description="The message forked at: edit it and send it in the new thread.")
+
+
+class TimelineRun(RunView):
+    events: list[EventFrame] = Field(description="Every event of the run, in seq order.")
+
+
+class TimelineItem(_Reply):
+    message: MessageView
+    run: TimelineRun | SkipJsonSchema[None] = _absent_or("With a user's message: its run and its events.")
+
+
+class TimelinePage(_Reply):
+    items: list[TimelineItem] = Field(description="Oldest first.")
+    before: str | None = Field(description="Pass as `before` for the page of older messages; null: none.")
 
 
 class Health(_Reply):

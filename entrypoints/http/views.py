@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from domain.conversations import TimelineItem
 from domain.entities import ApprovalGrant, McpServer, Message, Run, Thread
 from domain.tools.catalog import ToolInfo
 
@@ -59,4 +60,11 @@ def tool_view(tool: ToolInfo) -> dict[str, Any]:
         view["server"] = tool.server
     if tool.owner is not None:
         view["owner"] = tool.owner
+    return view
+
+
+def timeline_item_view(item: TimelineItem) -> dict[str, Any]:
+    view: dict[str, Any] = {"message": message_view(item.message)}
+    if item.run is not None:
+        view["run"] = {**run_view(item.run), "events": [event.to_wire() for event in item.events]}
     return view

@@ -317,6 +317,24 @@ async def remove_mcp_server(s: Scene) -> None:
     assert SECRET not in json.dumps(body)  # a header's value is never shown, not even to its owner
 
 
+async def rename_thread(s: Scene) -> None:
+    for thread_id in (s.done_thread, s.live_thread):
+        await expect_404(s, "PATCH", f"/api/threads/{thread_id}", thread_id, json={"title": "taken over"})
+
+
+async def fork_thread(s: Scene) -> None:
+    message_id = s.b_messages[0]["message_id"]
+    await expect_404(s, "POST", f"/api/threads/{s.done_thread}/fork", s.done_thread,
+                     json={"message_id": message_id})
+    status, body = await s.a.http("GET", "/api/threads")
+    assert status == 200 and body["threads"] == [], body  # no fork of B's history became A's
+
+
+async def thread_timeline(s: Scene) -> None:
+    for thread_id in (s.done_thread, s.live_thread):
+        await expect_404(s, "GET", f"/api/threads/{thread_id}/timeline", thread_id)
+
+
 async def ws_approval_run(s: Scene) -> None:
     for run_id in (s.live_run, s.done_runs[0]):
         await expect_ws_not_found(s, {"type": "approval", "run_id": run_id, "tool_call_id": "call_1",
@@ -368,6 +386,9 @@ CASES = [
     Case("revoke grant", ("DELETE", "/api/approvals/grants/{grant_id}"), revoke_grant),
     Case("ws approval run_id", ("WS", "approval.run_id"), ws_approval_run),
     Case("remove MCP server", ("DELETE", "/api/mcp/servers/{name}"), remove_mcp_server),
+    Case("rename thread", ("PATCH", "/api/threads/{thread_id}"), rename_thread),
+    Case("fork thread", ("POST", "/api/threads/{thread_id}/fork"), fork_thread),
+    Case("thread timeline", ("GET", "/api/threads/{thread_id}/timeline"), thread_timeline),
 ]
 # Routes that take an id in their body rather than their path.
 BODY_ID_ROUTES = {("POST", "/api/chat/message"), ("POST", "/api/agui")}

@@ -53,6 +53,8 @@ BASE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/agui"): {"threadId": "", "runId": "r1",
                             "messages": [{"id": "m1", "role": "user", "content": "hi"}]},
     ("POST", "/api/runs/{run_id}/approvals"): {"tool_call_id": "call_none", "approve": False},
+    ("PATCH", "/api/threads/{thread_id}"): {"title": "a title"},
+    ("POST", "/api/threads/{thread_id}/fork"): {"message_id": "msg_none"},
     ("POST", "/api/mcp/servers"): {"name": "hostile", "url": "http://127.0.0.1:9/mcp",
                                    "headers": {"X-Key": "k"}},
 }

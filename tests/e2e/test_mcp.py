@@ -330,7 +330,7 @@ async def test_timeout_result_size_and_calls_per_run(make_server, mcp: HttpMcpSe
     run = await use(alice, TWO_ADDS.format(server="ops"))
     first, second = completed_tools(run)
     assert value_of(first["result"]) == 3, first
-    assert second["error"] == ("this run has made 1 MCP tool calls, the most one run may make; "
+    assert second["error"] == ("this run has made 1 calls of MCP tools, the most one run may make; "
                                "answer with what you have"), second
     assert run[-1]["type"] == "agent_completed"
     # The limit is per run: the next run calls again.

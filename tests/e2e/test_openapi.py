@@ -129,6 +129,7 @@ class Caller:
     token: str = ""
     ids: dict[str, str] = field(default_factory=dict)
     waiting: dict[str, str] = field(default_factory=dict)
+    first_message: str = ""
 
     def __post_init__(self) -> None:
         credentials = {"username": self.username, "password": PASSWORD}
@@ -136,6 +137,9 @@ class Caller:
         self.token = self._post("/api/auth/login", credentials).json()["access_token"]
         answer = self._post("/api/chat/message", {"message": "What is 2+2?", "wait": True}).json()
         self.ids = {"run_id": answer["run_id"], "thread_id": answer["thread_id"]}
+        said = self.http.get(f"{self.base_url}/api/threads/{answer['thread_id']}/messages", headers=self.auth,
+                             timeout=TIMEOUT_S)
+        self.first_message = said.json()["messages"][0]["message_id"]
         # A grant (approved with remember), and a run still waiting for its approval.
         granted = self._ask_approval()
         self._post(f"/api/runs/{granted['run_id']}/approvals",
@@ -178,6 +182,8 @@ def _directed(operation: schemathesis.APIOperation, caller: Caller) -> list[sche
         ],
         "POST /api/agui": [{"body": agui}, {"body": agui}],  # the same runId again: the same run
         "POST /api/mcp/servers": [{"body": {"name": "second", "url": CLOSED_MCP_URL}}],
+        "POST /api/threads/{thread_id}/fork": [
+            {"path_parameters": ids, "body": {"message_id": caller.first_message}}],
         "POST /api/runs/{run_id}/approvals": [
             {"path_parameters": {"run_id": caller.waiting["run_id"]},
              "body": {"tool_call_id": caller.waiting["tool_call_id"], "approve": True}}],

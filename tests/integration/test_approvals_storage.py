@@ -17,8 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import SqlAlchemyEventLog
 from adapters.persistence.grants import SqlAlchemyApprovalGrantRepository, add_grant
-from adapters.persistence.repositories import SqlAlchemyRunRepository, SqlAlchemyThreadRepository
+from adapters.persistence.repositories import SqlAlchemyRunRepository
 from adapters.persistence.tables import events
+from adapters.persistence.threads import SqlAlchemyThreadRepository
 from domain.approval_policy import iso
 from domain.entities import ApprovalGrant, Run, RunStatus
 from domain.errors import LeaseLost

@@ -11,8 +11,9 @@ from sqlalchemy import select
 
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import SqlAlchemyEventLog
-from adapters.persistence.repositories import SqlAlchemyMessageRepository, SqlAlchemyRunRepository
+from adapters.persistence.repositories import SqlAlchemyRunRepository
 from adapters.persistence.tables import events
+from adapters.persistence.threads import SqlAlchemyMessageRepository
 from domain.entities import Role, Run, RunStatus
 from domain.errors import LeaseLost, StorageUnavailable
 from domain.events import AgentEvent, EventType

@@ -14,8 +14,9 @@ from sqlalchemy import inspect, select, text
 
 from adapters.persistence.database import Database
 from adapters.persistence.event_log import SqlAlchemyEventLog
-from adapters.persistence.repositories import SqlAlchemyRunRepository, SqlAlchemyThreadRepository
+from adapters.persistence.repositories import SqlAlchemyRunRepository
 from adapters.persistence.tables import event_log_state, metadata, runs
+from adapters.persistence.threads import SqlAlchemyThreadRepository
 from domain.entities import Run, RunStatus
 from domain.errors import CursorExpired, InvalidMessage
 from domain.events import AgentEvent, EventType

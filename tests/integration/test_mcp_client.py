@@ -281,17 +281,6 @@ async def test_users_servers_go_through_the_guard_and_operator_servers_do_not(se
     assert "ops__add" in {tool.spec.name for tool in external.tools}
 
 
-async def test_calls_per_run_are_limited(server: HttpMcpServer) -> None:
-    source, _ = make_source(McpServerSettings(name="ops", url=server.url), max_calls_per_run=2)
-    box = await run_toolbox(source)
-    for _ in range(2):
-        assert (await box.execute(context(), "ops__add", '{"a": 1, "b": 2}')).error is None
-    limited = await box.execute(context(), "ops__lookup", '{"key": "k"}')
-    assert limited.error is not None and "2 MCP tool calls, the most one run may make" in limited.error
-    next_run = await run_toolbox(source)
-    assert (await next_run.execute(context(), "ops__add", '{"a": 1, "b": 2}')).error is None
-
-
 async def test_header_values_are_never_logged_nor_in_errors(server: HttpMcpServer,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     secret = "Bearer sk-very-secret-value"

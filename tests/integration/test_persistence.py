@@ -19,12 +19,11 @@ from adapters.persistence.database import Database, alembic_config
 from adapters.persistence.event_log import SqlAlchemyEventLog
 from adapters.persistence.notes import SqlAlchemyNoteRepository
 from adapters.persistence.repositories import (
-    SqlAlchemyMessageRepository,
     SqlAlchemyRunRepository,
-    SqlAlchemyThreadRepository,
     SqlAlchemyUserRepository,
 )
 from adapters.persistence.tables import messages, metadata, runs, threads
+from adapters.persistence.threads import SqlAlchemyMessageRepository, SqlAlchemyThreadRepository
 from domain.entities import (
     AuditAction,
     AuditEntry,
@@ -161,15 +160,15 @@ async def test_threads_belong_to_their_user(db: Database) -> None:
     older = await add_thread(db, "usr_a", "thr_1", minutes=0)
     newer = await add_thread(db, "usr_a", "thr_2", minutes=1)
     assert await repo.get("usr_a", "thr_1") == older
-    assert [t.id for t in await repo.list_for_user("usr_a")] == [newer.id, older.id]
+    assert [t.id for t in await repo.page("usr_a")] == [newer.id, older.id]
     # A new message in thr_1 (stored with its run) makes it the most recent.
     await SqlAlchemyRunRepository(db).add(
         Run(id="run_1", user_id="usr_a", thread_id="thr_1", status=RunStatus.QUEUED, created_at=at(5)),
         Message(id="msg_1", thread_id="thr_1", user_id="usr_a", role=Role.USER, text="hi",
                 created_at=at(5), run_id="run_1"))
-    assert [t.id for t in await repo.list_for_user("usr_a")] == ["thr_1", "thr_2"]
+    assert [t.id for t in await repo.page("usr_a")] == ["thr_1", "thr_2"]
     assert await repo.get("usr_b", "thr_1") is None
-    assert await repo.list_for_user("usr_b") == []
+    assert await repo.page("usr_b") == []
     assert await repo.delete("usr_b", "thr_1") is False
     assert await repo.get("usr_a", "thr_1") is not None
     assert await repo.delete("usr_a", "thr_1") is True

@@ -9,6 +9,7 @@ import pytest
 
 from domain.entities import AuditAction
 from domain.errors import Conflict, LimitExceeded, NotFound, ValidationFailed
+from domain.llm import ToolCall, ToolSpec
 from domain.mcp import McpServers, server_name_problem
 from domain.tools.base import ExternalTools
 from domain.tools.catalog import ToolCatalog
@@ -101,3 +102,25 @@ async def test_a_user_has_at_most_so_many_servers() -> None:
     with pytest.raises(LimitExceeded):
         await servers.add("usr_a", "three", "https://x.example/3")
     await servers.add("usr_b", "one", "https://x.example/1")
+
+
+class Remote:
+    """An external tool, as a source gives it."""
+
+    def __init__(self, name: str) -> None:
+        self.spec = ToolSpec(name, "remote", {"type": "object", "properties": {}})
+
+    async def __call__(self, context, arguments, *, call_key: str = "") -> dict:
+        return {"ok": True}
+
+
+def test_a_run_calls_external_tools_at_most_so_many_times_counted_from_its_own_calls() -> None:
+    """Counted from the run's calls as its checkpoint keeps them: a run that waited for an
+    approval, or was taken over, gets no fresh allowance."""
+    box = toolbox().with_external(ExternalTools(tools=(Remote("srv__a"), Remote("srv__b"))), limit=2)
+    calls = [ToolCall("c1", "srv__a", "{}"), ToolCall("c2", "calculator", "{}")]
+    assert box.over_external_limit("srv__b", calls) is None
+    assert box.over_external_limit("calculator", calls * 5) is None  # builtin tools are not counted
+    limited = box.over_external_limit("srv__b", [*calls, ToolCall("c3", "srv__b", "{}")])
+    assert limited is not None and "2 calls of MCP tools" in limited
+    assert toolbox().over_external_limit("srv__a", calls * 9) is None
