@@ -12,8 +12,7 @@ from dependency_injector import containers, providers
 
 from adapters.bridge import AgentWebSocketBridge
 from adapters.event_bus import InMemoryEventBus
-from adapters.mcp.guard import NetworkGuard
-from adapters.mcp.source import McpToolSource
+from adapters.mcp.lazy import LazyMcpToolSource, LazyNetworkGuard
 from adapters.models.builtin import BuiltinChatModel
 from adapters.persistence.audit_log import SqlAlchemyAuditLog
 from adapters.persistence.database import Database
@@ -230,10 +229,10 @@ class Container(containers.DeclarativeContainer):
         pause_s=settings.provided.tools.pause_s,
         policies=settings.provided.approvals.tools,
     )
-    mcp_guard = providers.Singleton(NetworkGuard,
+    mcp_guard = providers.Singleton(LazyNetworkGuard,
                                     allow_private_networks=settings.provided.mcp.allow_private_networks)
     mcp_source = providers.Singleton(
-        McpToolSource, operator_servers=settings.provided.mcp.servers, servers=mcp_server_repository,
+        LazyMcpToolSource, operator_servers=settings.provided.mcp.servers, servers=mcp_server_repository,
         settings=settings.provided.mcp, guard=mcp_guard,
     )
     tool_catalog = providers.Singleton(ToolCatalog, builtin=toolbox, sources=providers.List(mcp_source),
