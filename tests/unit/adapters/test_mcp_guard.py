@@ -252,3 +252,25 @@ async def test_a_response_past_the_size_limit_is_not_read(monkeypatch: pytest.Mo
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_the_mcp_sdk_is_made_ready_only_once_a_user_has_a_server() -> None:
+    """A run of a user without servers (and no operator server) costs one read, nothing more."""
+    from datetime import UTC, datetime
+
+    from adapters.mcp.lazy import LazyMcpToolSource, LazyNetworkGuard
+    from container.settings import McpSettings
+    from domain.entities import McpServer
+    from tests.fakes import InMemoryMcpServerRepository
+
+    servers = InMemoryMcpServerRepository()
+    lazy = LazyMcpToolSource(operator_servers=[], servers=servers, settings=McpSettings(),
+                             guard=LazyNetworkGuard(allow_private_networks=True))
+    assert (await lazy.tools_for("usr_a")).tools == () and lazy._source is None
+    lazy.forget("usr_a")
+    await lazy.aclose()
+    await servers.add(McpServer(user_id="usr_a", name="mine", url="http://127.0.0.1:9/mcp",
+                                created_at=datetime.now(UTC)))
+    found = await lazy.tools_for("usr_a")
+    assert lazy._source is not None and "mine" in found.unreachable
+    await lazy.aclose()
