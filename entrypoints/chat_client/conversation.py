@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import sys
 import termios
 from collections import deque
@@ -16,20 +17,33 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from entrypoints.chat_client.approval import answer_open_questions, open_questions
-from entrypoints.chat_client.exchange import exchange
+from entrypoints.chat_client.exchange import exchange, follow
 from entrypoints.chat_client.inbox import Fatal, Frame, Inbox, Signal
+from entrypoints.chat_client.threads import Threads
 
 if TYPE_CHECKING:
     from entrypoints.chat_client.approval import Approver
     from entrypoints.chat_client.link import Link
     from entrypoints.chat_client.views import View
 
-HELP = "/new starts a new thread, /quit exits (so do Ctrl-D and Ctrl-C); Ctrl-C during a run stops it"
+HELP = ("/threads lists your threads, /help the other commands, /quit exits (so do Ctrl-D and Ctrl-C); "
+        "Ctrl-C during a run stops it")
+COMMANDS = """commands:
+  /threads          your threads, most recent first, numbered (a page at a time)
+  /threads more     the next page of the last listing (/threads or /search)
+  /search TEXT      the threads whose title or messages hold TEXT
+  /open N           switch to thread N of the last listing (or /open THREAD_ID) and show its recent history
+  /rename TITLE     rename the current thread
+  /new              your next message starts a new thread
+  /help             this list
+  /quit             exit (so do Ctrl-D and Ctrl-C at the prompt)
+Ctrl-C during a run stops the run, not the client."""
 
 
 async def converse(link: Link, view: View, inbox: Inbox, keyboard: Keyboard, approver: Approver,
                    thread_id: str | None) -> int:
     looked = link.connections
+    threads = Threads(link, view)
 
     async def waiting_here() -> list[Frame]:
         """After a reconnect: the questions this thread's runs ask (none if they were looked at)."""
@@ -54,11 +68,35 @@ async def converse(link: Link, view: View, inbox: Inbox, keyboard: Keyboard, app
             text = line.strip()
             if text == "/quit":
                 break
+            command, _, rest = text.partition(" ")
             if text == "/new":
                 thread_id = None
                 view.note("(your next message starts a new thread)")
             elif text in ("/help", "/?"):
-                view.note(HELP)
+                view.note(COMMANDS)
+            elif command == "/threads" and rest.strip() == "more":
+                await threads.more(thread_id)
+            elif command == "/threads":
+                if rest.strip():
+                    view.note("(usage: /threads, then /threads more for the next page)")
+                else:
+                    await threads.list(None, thread_id)
+            elif command == "/search":
+                if rest.strip():
+                    await threads.list(rest.strip(), thread_id)
+                else:
+                    view.note("(usage: /search TEXT)")
+            elif command == "/rename":
+                await threads.rename(thread_id, rest)
+            elif command == "/open":
+                if (opened := await threads.open(rest)) is not None:
+                    thread_id = opened.thread_id
+                    if opened.going_run_id is not None:  # still going: shown live, from its start
+                        await follow(link, view, inbox, approver, opened.going_run_id, thread_id)
+                    looked = link.connections
+                    questions = await open_questions(link, view, thread_id)
+            elif re.fullmatch(r"/[A-Za-z]+", command):  # a typo of a command, not a message to send
+                view.note(f"(no command {command}: /help lists them)")
             elif text:
                 _, thread_id = await exchange(link, view, inbox, approver, text, thread_id)
     finally:

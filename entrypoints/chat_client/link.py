@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -70,22 +70,33 @@ class Link:
     async def pending_approvals(self) -> list[Frame] | None:
         """GET /api/approvals/pending: the questions the user's waiting runs ask; None (said) if it failed."""
         failed = "could not look for questions waiting for you"
+        answer = await self.request("GET", "/api/approvals/pending", failed=failed)
+        if answer is None:
+            return None
+        status, body = answer
+        approvals = body.get("approvals") if status == 200 and isinstance(body, dict) else None
+        if not isinstance(approvals, list):
+            self._note(f"{failed}: the server answered HTTP {status}")
+            return None
+        return [approval for approval in approvals if isinstance(approval, dict)]
+
+    async def request(self, method: str, path: str, *, failed: str, params: dict[str, str] | None = None,
+                      json_body: Frame | None = None) -> tuple[int, Any] | None:
+        """One HTTP call with the session's token: (status, the JSON body or None); None, said with
+        `failed` first, if the server could not be reached."""
         try:
-            async with self._http.get(f"{self._base_url}/api/approvals/pending",
-                                      headers={"Authorization": f"Bearer {self._token}"},
-                                      timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as response:
+            async with self._http.request(method, f"{self._base_url}{path}", params=params, json=json_body,
+                                          headers={"Authorization": f"Bearer {self._token}"},
+                                          timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)) as response:
                 status, text = response.status, await response.text()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._note(f"{failed}: {unreachable(self._base_url, exc)}")
             return None
         try:
-            approvals = json.loads(text).get("approvals") if status == 200 else None
-        except (ValueError, AttributeError):
-            approvals = None
-        if not isinstance(approvals, list):
-            self._note(f"{failed}: the server answered HTTP {status}")
-            return None
-        return [approval for approval in approvals if isinstance(approval, dict)]
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        return status, body
 
     async def close(self) -> None:
         if self._reader is not None:
