@@ -3,7 +3,8 @@
 Split by purpose: `command` (arguments, `run`), `login` (password, HTTP login), `link` (the socket that
 reconnects and resumes), `exchange` (one run: what to send, which frames are its own), `approval` (the
 question a run asks before a tool runs, and the answer typed), `conversation` (the prompt and the
-keyboard), `views` (how frames are shown). Only the client's own modules and
+keyboard), `threads` (`/threads`, `/search`, `/rename`, `/open`
+over HTTP), `views` (how frames are shown). Only the client's own modules and
 aiohttp are imported here, never the server's, so the command starts in a fraction of a second.
 """
 
