@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from entrypoints.chat_client.threads import PAGE
+from entrypoints.chat_client.threads import PAGE, run_summary
 from tests.e2e.processes import ProcessHarness, procs_fixture  # noqa: F401
 from tests.e2e.test_terminal_approvals import as_alice, send
 from tests.e2e.test_terminal_client import (  # noqa: F401  (the `terminals` fixture)
@@ -151,10 +151,11 @@ async def test_opening_a_thread_whose_run_is_going_shows_that_run_live_to_its_en
     # The builtin model answers "tell me a story" with its help text, two words every 150 ms: seconds.
     server = await start(procs, delay_ms=150)
     alice = await as_alice(server)
-    status, body = await alice.http("POST", "/api/chat/message", json={"message": "tell me a story"})
-    assert status == 202, body
     chat = open_chat(terminals, server, tmp_path)
     await log_in(chat)
+    # Started elsewhere once the client is up, so it is still going when opened, however slow the machine.
+    status, body = await alice.http("POST", "/api/chat/message", json={"message": "tell me a story"})
+    assert status == 202, body
     command(chat, f"/open {body['thread_id']}")
     await chat.expect(r"you: tell me a story\n")
     await chat.expect(r"  \(still going: shown below\)\n")
@@ -167,3 +168,17 @@ async def test_opening_a_thread_whose_run_is_going_shows_that_run_live_to_its_en
 
     chat.type(CTRL_D)
     assert await chat.wait_exit() == 0
+
+
+def test_a_runs_line_says_each_tool_call_and_how_the_run_ended_if_it_did_not_complete() -> None:
+    def event(kind: str, **data: Any) -> dict[str, Any]:
+        return {"type": kind, "data": {"tool_call_id": "c1", **data}}
+
+    asked = [event("tool_executing", tool="delete_notes", arguments={"query": "code"}),
+             event("tool_completed", tool="delete_notes", error="denied")]
+    assert run_summary({"status": "completed", "events": asked}) == \
+        'tools: delete_notes {"query": "code"} ✗ denied'
+    assert run_summary({"status": "failed", "error": "model_error", "events": []}) == "(failed: model_error)"
+    assert run_summary({"status": "cancelled", "events": asked[:1]}) == \
+        'tools: delete_notes {"query": "code"} …; (stopped)'
+    assert run_summary({"status": "completed", "events": []}) == ""
