@@ -117,6 +117,7 @@ export function logout(note) {
   state.runs.clear();
   state.pending.clear();
   state.asking.clear();
+  Object.assign(state.history, { threadId: null, pages: [], before: null });
   state.historyRequest += 1;
   forgetTools();
   ui.threadList.replaceChildren();

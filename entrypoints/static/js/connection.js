@@ -42,10 +42,10 @@ function onReady() {
   conn.everReady = true;
   hideBanner();
   startHeartbeat();
-  // Whole runs first (so their early events are not mistaken for duplicates), then everything
+  // Runs still going, from the last event drawn (history or live), then everything
   // after the last cursor this tab saw. A server without resume answers unknown_type: ignored.
   for (const rv of state.runs.values()) {
-    if (!rv.done && rv.runId && rv.lastSeq === 0 && rv.userEl && rv.userEl.isConnected) {
+    if (!rv.done && rv.runId && rv.userEl && rv.userEl.isConnected) {
       rv.replayRequested = false;
       rv.requestReplay();
     }

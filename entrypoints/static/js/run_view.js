@@ -3,7 +3,10 @@ import { api } from "./api.js";
 import { approvalDecided, approvalsEnded, askApproval, shownAsDenied } from "./approvals.js";
 import { updateComposer, showComposerError } from "./composer.js";
 import { h } from "./dom.js";
-import { completeToolCard, copyButton, stoppedText, thinkingStep, toolCard, usageText } from "./run_render.js";
+import { renderMarkdown } from "./markdown.js";
+import {
+  completeToolCard, copyButton, foldThinking, runShell, stoppedText, thinkingStep, toolCard, usageText,
+} from "./run_render.js";
 import { conn, send } from "./socket.js";
 import { state } from "./state.js";
 
@@ -22,6 +25,7 @@ export class RunView {
     this.text = text;
     this.order = ++state.order;
     this.lastSeq = 0;
+    this.firstSeq = 0; // the first event drawn: a run whose start this page missed is redrawn from history
     this.done = false;
     this.fromHistory = false;
     this.sent = false;
@@ -33,22 +37,11 @@ export class RunView {
     this.approvals = new Map(); // tool_call_id -> ApprovalCard
     this.answerText = "";
     this.userEl = null;
+    this.fold = null; // the "Thought for …" fold the thinking lines go into once the answer starts
+    this.startedAt = NaN;
+    this.eventAt = NaN;
 
-    this.waitingText = h("span", {}, "Sending…");
-    this.waitingEl = h("p", { class: "run-waiting", "data-testid": "run-waiting" },
-      h("span", { class: "spinner", "aria-hidden": "true" }), this.waitingText);
-    this.stepsEl = h("div", { class: "run-steps" });
-    this.answerEl = h("div", { class: "answer", "data-testid": "answer", hidden: true });
-    this.statusEl = h("p", { class: "run-status", "data-testid": "run-status", hidden: true });
-    this.metaEl = h("div", { class: "run-meta", hidden: true });
-    this.el = h("article", {
-      class: "run is-running",
-      "data-testid": "run-timeline",
-      "data-run-id": runId || "",
-      "data-status": "pending",
-      "aria-label": "Reply",
-      "aria-busy": "true",
-    }, this.stepsEl, this.waitingEl, this.answerEl, this.statusEl, this.metaEl);
+    Object.assign(this, runShell(runId));
   }
 
   setRunId(runId) {
@@ -71,6 +64,8 @@ export class RunView {
     this.tools.clear();
     this.approvals.clear();
     this.answerText = "";
+    this.fold = null;
+    this.firstSeq = 0;
     this.stepsEl.replaceChildren();
     this.answerEl.replaceChildren();
     this.answerEl.hidden = true;
@@ -90,9 +85,12 @@ export class RunView {
 
   apply(event) {
     const data = event.data && typeof event.data === "object" ? event.data : {};
+    this.eventAt = Date.parse(event.ts);
+    if (!this.firstSeq && typeof event.seq === "number") this.firstSeq = event.seq;
     switch (event.type) {
       case "agent_started":
         this.setStatus("running");
+        this.startedAt = this.eventAt;
         this.setWaiting("Thinking…");
         break;
       case "run_resumed":
@@ -168,23 +166,20 @@ export class RunView {
   resumed(data) {
     this.setStatus("running");
     this.answerText = typeof data.text === "string" ? data.text : "";
-    this.answerEl.textContent = this.answerText;
-    this.answerEl.hidden = !this.answerText;
+    this.drawAnswer();
     this.stepsEl.append(thinkingStep("The server running this was restarted; picking up where it left off"));
   }
 
   delta(text) {
     if (!text) return;
     this.answerText += text;
-    this.answerEl.hidden = false;
     this.answerEl.classList.add("is-streaming");
-    this.answerEl.textContent = this.answerText;
+    this.drawAnswer();
   }
 
   completed(data) {
     if (typeof data.text === "string") this.answerText = data.text;
-    this.answerEl.textContent = this.answerText;
-    this.answerEl.hidden = !this.answerText;
+    this.drawAnswer();
     this.answerEl.classList.remove("is-streaming");
     const usage = usageText(data.usage && typeof data.usage === "object" ? data.usage : null);
     if (usage) {
@@ -193,6 +188,13 @@ export class RunView {
     }
     this.addCopyButton();
     this.finish("completed");
+  }
+
+  /** The answer as safe Markdown; once it has started, the thinking lines fold into one line. */
+  drawAnswer() {
+    this.answerEl.replaceChildren(renderMarkdown(this.answerText));
+    this.answerEl.hidden = !this.answerText;
+    if (this.answerText) this.fold = foldThinking(this.stepsEl, this.fold, this.eventAt - this.startedAt);
   }
 
   addCopyButton() {
@@ -224,8 +226,7 @@ export class RunView {
   /** A run known only from the thread's history: its final answer. */
   showFinalText(text) {
     this.answerText = text || "";
-    this.answerEl.textContent = this.answerText;
-    this.answerEl.hidden = !this.answerText;
+    this.drawAnswer();
     this.answerEl.classList.remove("is-streaming");
     this.addCopyButton();
     this.finish("completed");

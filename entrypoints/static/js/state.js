@@ -52,6 +52,9 @@ export const state = {
   asking: new Map(), // "run_id tool_call_id" -> { runId, threadId, question, at }: open approvals
   lastCursor: storageGet(CURSOR_KEY),
   historyRequest: 0,
+  // The open thread's timeline as loaded: pages of items (oldest page first), `before` for the page older
+  // than all of them (null: the start of the thread is drawn).
+  history: { threadId: null, pages: [], before: null, order: 0, loadingOlder: false },
   order: 0,
 };
 
