@@ -1,6 +1,7 @@
 // goldenpath web chat's entry module: wires the modules in js/ to the page and to each other, and starts.
 // Plain ES modules, no dependencies, no build step. Lowest first: dom, state, api, sidebar, composer,
-// socket, approval_card, approvals, run_render, run_view, conversation, threads, sending, connection,
+// socket, approval_card, approvals, markdown, run_render, run_view, conversation, threads, sending, editing,
+// connection,
 // tools_form, tools, auth; each imports only from below it, and the few calls upward go through the
 // hooks set here.
 // Every piece of user or model text reaches the page through textContent, never innerHTML.
@@ -10,8 +11,9 @@ import { whenAskingChanged } from "./js/approvals.js";
 import { enterChat, logout, onAuthSubmit, setToken, showAuthNote, showView } from "./js/auth.js";
 import { autosize, hideComposerError } from "./js/composer.js";
 import { onFrame } from "./js/connection.js";
-import { scheduleHistoryReload, whenThreadGone } from "./js/conversation.js";
+import { scheduleHistoryReload, whenEditAsked, whenThreadGone } from "./js/conversation.js";
 import { storageGet, storageSet } from "./js/dom.js";
+import { editMessage } from "./js/editing.js";
 import { whenRunEndedUnseen } from "./js/run_view.js";
 import { stopRuns, submitMessage } from "./js/sending.js";
 import { closeSidebar, openSidebar, syncSidebarMode } from "./js/sidebar.js";
@@ -28,6 +30,7 @@ whenUnauthorized(() => logout(SESSION_EXPIRED));
 setSocketHandlers({ onFrame, onSessionExpired: () => logout(SESSION_EXPIRED) });
 whenRunEndedUnseen(() => scheduleHistoryReload(100));
 whenAskingChanged(() => renderThreads());
+whenEditAsked(editMessage);
 whenThreadGone(() => {
   writeHash(null, { replace: true });
   renderThreads();

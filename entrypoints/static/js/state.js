@@ -26,6 +26,11 @@ export const ui = {
   chatMain: $("chat-main"),
   newChat: $("new-chat-button"),
   threadList: $("thread-list"),
+  threadSearch: $("thread-search"),
+  threadsMore: $("threads-more"),
+  undoToast: $("undo-toast"),
+  undoText: $("undo-text"),
+  undoButton: $("undo-button"),
   threadsEmpty: $("threads-empty"),
   banner: $("reconnecting-banner"),
   bannerText: $("reconnecting-text"),
@@ -46,6 +51,9 @@ export const state = {
   token: null,
   me: null,
   threads: [],
+  threadsNext: null, // next_cursor of the thread list (null: all shown)
+  hiddenThreads: new Set(), // deleted, but still undoable: not shown
+
   threadId: null,
   runs: new Map(), // run_id -> RunView
   pending: new Map(), // client_message_id -> RunView whose ack has not arrived
