@@ -346,7 +346,7 @@ def losing(loss: str, model: Any) -> Callable[[Container], None]:
         if loss == "pruned":
             container.conversation_service.override(providers.Singleton(
                 TerminalPruned, threads=container.threads, messages=container.messages,
-                runs=container.runs, events=container.event_log))
+                runs=container.runs, events=container.event_log, ids=container.ids, clock=container.clock))
 
     return override
 

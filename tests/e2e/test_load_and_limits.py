@@ -71,9 +71,16 @@ async def test_a_thousand_connect_chat_drop_cycles_leave_nothing_behind(make_ser
     assert found.runs.active == 0 and found.bridge.connections() == []
     assert len(asyncio.all_tasks()) <= tasks_before
     assert open_fds() <= fds_before
-    _, threads = await user.http("GET", "/api/threads")
-    assert len(threads["threads"]) == CYCLES + WORKERS
-    _status, run = await user.http("GET", f"/api/threads/{threads['threads'][0]['thread_id']}/messages")
+    threads: list[dict] = []
+    cursor = None
+    for _ in range(CYCLES):  # a page at a time, to the last (a deadline in pages, not in seconds)
+        paging = {"limit": "200", **({"cursor": cursor} if cursor else {})}
+        _, page = await user.http("GET", "/api/threads", params=paging)
+        threads += page["threads"]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert len(threads) == CYCLES + WORKERS and len({t["thread_id"] for t in threads}) == len(threads)
+    _status, run = await user.http("GET", f"/api/threads/{threads[0]['thread_id']}/messages")
     assert run["messages"][-1]["role"] == "assistant"  # the dropped run still finished
 
 
