@@ -24,8 +24,6 @@ from entrypoints.http.schemas import (
     ID_PATTERN,
     AguiEventMessage,
     AguiInput,
-    ApprovalAccepted,
-    ApprovalBody,
     ChatAccepted,
     ChatMessageBody,
     ChatResult,
@@ -34,15 +32,10 @@ from entrypoints.http.schemas import (
     ErrorDetail,
     ForkBody,
     ForkResult,
-    GrantList,
     Health,
-    McpServerBody,
-    McpServerList,
-    McpServerView,
     MessageList,
     NotReady,
     OpenApiDocument,
-    OpenApprovalList,
     PasswordChangeBody,
     Readiness,
     Registration,
@@ -54,8 +47,17 @@ from entrypoints.http.schemas import (
     ThreadView,
     TimelinePage,
     TokenView,
-    ToolList,
     UserView,
+)
+from entrypoints.http.schemas_tools import (
+    ApprovalAccepted,
+    ApprovalBody,
+    GrantList,
+    McpServerBody,
+    McpServerList,
+    McpServerView,
+    OpenApprovalList,
+    ToolList,
 )
 from entrypoints.openapi_events import describe_events
 

@@ -10,13 +10,15 @@ from entrypoints.appkeys import LIFECYCLE, USER, services
 from entrypoints.http import paging
 from entrypoints.http.bodies import read_body
 from entrypoints.http.schemas import (
-    ApprovalBody,
     ChatMessageBody,
     Credentials,
     ForkBody,
-    McpServerBody,
     PasswordChangeBody,
     ThreadRenameBody,
+)
+from entrypoints.http.schemas_tools import (
+    ApprovalBody,
+    McpServerBody,
 )
 from entrypoints.http.views import (
     grant_view,
