@@ -66,7 +66,12 @@ ui.threadSearch.addEventListener("input", () => {
 });
 ui.threadsMore.addEventListener("click", () => loadMoreThreads());
 
+// The chat being renamed in place: the list is not redrawn under the person typing (a reload of
+// the list, a live event) until they finish; the last state is drawn then.
+let renaming = null;
+
 export function renderThreads() {
+  if (renaming) return;
   const active = document.activeElement;
   const focusedId = active && active.closest(".thread-list li") ? active.dataset.threadId : null;
   const focusedClass = focusedId ? active.classList[0] : null;
@@ -120,6 +125,7 @@ function startRename(li, thread) {
     "aria-label": "New name for this chat", value: thread.title || "",
   });
   let done = false;
+  renaming = thread.thread_id;
   const finish = async (save) => {
     if (done) return;
     done = true;
@@ -133,6 +139,7 @@ function startRename(li, thread) {
         showComposerError(`Could not rename the chat: ${error.message}`);
       }
     }
+    renaming = null;
     renderThreads();
     const again = ui.threadList.querySelector(`.thread-rename[data-thread-id="${CSS.escape(thread.thread_id)}"]`);
     if (again) again.focus();
