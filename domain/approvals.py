@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from domain.approval_policy import APPROVAL_TIMEOUT, Remember, iso
 from domain.checkpoints import CheckpointUnreadable, RunState, restore
-from domain.context import UserExecutionContext
+from domain.context import context_of_run
 from domain.entities import ApprovalGrant, AuditAction, AuditEntry, Run, RunStatus
 from domain.errors import Conflict, LeaseLost, LimitExceeded, NotFound, ServerDraining
 from domain.events import AgentCancelled, ApprovalDecided
@@ -66,9 +66,7 @@ class WaitingRuns:
         return ended
 
     async def _cancel(self, run: Run, reason: str, *, timed_out: str | None) -> None:
-        context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
-                                       request_id="approvals", created_at=self._clock.now(),
-                                       lease_epoch=run.lease_epoch)
+        context = context_of_run(run, request_id="approvals", created_at=self._clock.now())
         emitter = self._factory.emitter_for(context, after_seq=await self._events.last_seq(run.id))
         try:
             if timed_out is not None:

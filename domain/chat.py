@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from domain.approvals import WaitingRuns
 from domain.checkpoints import Resumption
-from domain.context import UserExecutionContext
+from domain.context import context_of_run
 from domain.engine import UserExecutionEngine
 from domain.entities import AuditAction, AuditEntry, Message, Role, Run, RunStatus, Thread
 from domain.errors import (
@@ -227,9 +227,7 @@ class ChatService:
                        behind: bool = False) -> None:
         """The run's task, once its turn came (or it was withdrawn): engine, answer, terminal event."""
         bind_run(user_id=run.user_id, run_id=run.id, thread_id=run.thread_id, request_id=request_id)
-        context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
-                                       request_id=request_id, created_at=self._clock.now(),
-                                       lease_epoch=run.lease_epoch)
+        context = context_of_run(run, request_id=request_id, created_at=self._clock.now())
         try:
             resumption = None
             try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
+from domain.entities import Run
 from domain.errors import InvalidContext
 
 _PLACEHOLDERS = frozenset(
@@ -53,3 +54,9 @@ class UserExecutionContext:
             raise InvalidContext("metadata must be a mapping")
         # A private copy behind a read-only view: the caller's dict can't change the context later.
         object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
+
+
+def context_of_run(run: Run, *, request_id: str, created_at: datetime) -> UserExecutionContext:
+    """The context a stored run is executed or ended in: its ids, and the lease epoch it holds."""
+    return UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
+                                request_id=request_id, created_at=created_at, lease_epoch=run.lease_epoch)

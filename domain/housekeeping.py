@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from domain.approvals import WaitingRuns
-from domain.context import UserExecutionContext
+from domain.context import context_of_run
 from domain.entities import AuditAction, AuditEntry, Run, RunStatus
 from domain.errors import LeaseLost, StorageUnavailable
 from domain.events import AgentError, AgentStarted
@@ -129,9 +129,7 @@ class Housekeeper:
 
     async def _end_interrupted(self, run: Run) -> bool:
         """Send the run's terminal event (which stores its end); False if the database is away."""
-        context = UserExecutionContext(user_id=run.user_id, thread_id=run.thread_id, run_id=run.id,
-                                       request_id="housekeeping", created_at=self._clock.now(),
-                                       lease_epoch=run.lease_epoch)
+        context = context_of_run(run, request_id="housekeeping", created_at=self._clock.now())
         try:
             last = await self._events.last_seq(run.id)
             emitter = self._factory.emitter_for(context, after_seq=last)
