@@ -102,18 +102,10 @@ class ExecutionEngineFactory:
             raise TypeError("create_for_user takes a UserExecutionContext")
         # First, before the limits are checked: nothing is awaited between the check and the count.
         toolbox = await self._tools.for_user(context.user_id)
-        if self._closed:
-            raise self._refuse(context, "The server is shutting down and takes no new runs.")
         if context.run_id in self._engines:
             raise ValueError(f"run {context.run_id} already has an engine")
-        if self._per_user[context.user_id] >= self._limits.max_engines_per_user:
-            raise self._refuse(
-                context,
-                f"You already have {self._limits.max_engines_per_user} runs going; "
-                "wait for one to end or cancel one.",
-            )
-        if len(self._engines) >= self._limits.max_engines_total:
-            raise self._refuse(context, "The server is at its limit of runs; try again shortly.")
+        if (why := self._no_room(context.user_id)) is not None:
+            raise self._refuse(context, why)
         engine = UserExecutionEngine(
             context=context,
             emitter=self.emitter_for(context, after_seq=resumption.last_seq if resumption else 0),
@@ -165,8 +157,18 @@ class ExecutionEngineFactory:
 
     def has_room(self, user_id: str) -> bool:
         """Whether an engine for this user would be made now (within the per-user and total limits)."""
-        return (self._per_user.get(user_id, 0) < self._limits.max_engines_per_user
-                and len(self._engines) < self._limits.max_engines_total) and not self._closed
+        return self._no_room(user_id) is None
+
+    def _no_room(self, user_id: str) -> str | None:
+        """Why no engine can be made for this user now, in words for them; None: one can."""
+        if self._closed:
+            return "The server is shutting down and takes no new runs."
+        if self._per_user.get(user_id, 0) >= self._limits.max_engines_per_user:
+            return (f"You already have {self._limits.max_engines_per_user} runs going; "
+                    "wait for one to end or cancel one.")
+        if len(self._engines) >= self._limits.max_engines_total:
+            return "The server is at its limit of runs; try again shortly."
+        return None
 
     def engine_for(self, user_id: str, run_id: str) -> UserExecutionEngine | None:
         engine = self._engines.get(run_id)
