@@ -183,10 +183,7 @@ async def _run_pending(tools: _Tools, emitter: RunEventEmitter, state: RunState)
     while state.pending:
         call = state.pending[0]
         if state.in_flight == call.id and not tools.toolbox.retry_safe(call.name):
-            outcome_error, content = INTERRUPTED_TOOL, json.dumps({"error": INTERRUPTED_TOOL_MESSAGE})
-            await _completed(emitter, state, call, content,
-                             ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=0,
-                                           result=None, error=outcome_error))
+            await _not_run(emitter, state, call, INTERRUPTED_TOOL, told=INTERRUPTED_TOOL_MESSAGE)
             continue
         if await _approved(tools, emitter, state, call):
             await _run_tool(tools, emitter, state, call)
@@ -221,9 +218,7 @@ async def _approved(tools: _Tools, emitter: RunEventEmitter, state: RunState, ca
         return True
     reason = decision.get("reason")
     told = "denied: the user did not approve this call" + (f" ({reason})" if reason else "")
-    await _completed(emitter, state, call, json.dumps({"error": told}),
-                     ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=0, result=None,
-                                   error=DENIED))
+    await _not_run(emitter, state, call, DENIED, told=told)
     return False
 
 
@@ -237,13 +232,10 @@ async def _ask(gate: ApprovalGate, emitter: RunEventEmitter, state: RunState, ca
 
 
 async def _run_tool(tools: _Tools, emitter: RunEventEmitter, state: RunState, call: ToolCall) -> None:
-    if state.in_flight != call.id and (refused := tools.toolbox.over_external_limit(call.name,
-                                                                                  state.tool_calls)):
-        await _completed(emitter, state, call, json.dumps({"error": refused}),
-                         ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=0, result=None,
-                                       error=refused))
-        return
     if state.in_flight != call.id:  # a call run again after a takeover is counted once
+        if (refused := tools.toolbox.over_external_limit(call.name, state.tool_calls)) is not None:
+            await _not_run(emitter, state, call, refused, told=refused)
+            return
         state.tool_calls.append(call)
         state.usage.tool_calls += 1
     state.in_flight = call.id
@@ -259,6 +251,14 @@ async def _run_tool(tools: _Tools, emitter: RunEventEmitter, state: RunState, ca
     await _completed(emitter, state, call, content,
                      ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=outcome.duration_ms,
                                    result=outcome.result, error=outcome.error))
+
+
+async def _not_run(emitter: RunEventEmitter, state: RunState, call: ToolCall, error: str, *,
+                   told: str) -> None:
+    """The call completes without running: `error` on the event, `told` to the model."""
+    await _completed(emitter, state, call, json.dumps({"error": told}),
+                     ToolCompleted(tool_call_id=call.id, tool=call.name, duration_ms=0, result=None,
+                                   error=error))
 
 
 async def _completed(emitter: RunEventEmitter, state: RunState, call: ToolCall, content: str,
