@@ -174,8 +174,6 @@ class ChatService:
         if multitask is Multitask.REJECT and (waiting or self._registry.thread_busy(thread.id)):
             raise ThreadBusy("This thread already has a run going (or waiting for your approval); "
                              "wait for it or cancel it.")
-        # Behind a run that waits, or one going here: before its engine it waits for those to end.
-        behind = bool(waiting) or self._registry.thread_busy(thread.id)
         run = Run(id=self._ids.new_id("run"), user_id=user_id, thread_id=thread.id,
                   status=RunStatus.QUEUED, created_at=now, client_message_id=client_message_id,
                   owner=self._lease.owner, lease_expires_at=now + timedelta(seconds=self._lease.ttl_s))
@@ -187,7 +185,10 @@ class ChatService:
             self._registry.interrupt(thread.id)
             for stopped in waiting:
                 await self._waiting.end(stopped, "interrupted")
-            behind = self._registry.thread_busy(thread.id)
+            waiting = []
+        # Behind a run that waits, or one going here: before its engine it waits for those to end.
+        # Asked now, with nothing awaited before the launch, so no run can slip in between.
+        behind = bool(waiting) or self._registry.thread_busy(thread.id)
         running = self._registry.launch(run, lambda r: self._execute(r, request_id, behind=behind))
         # Nothing awaited since launch: the caller's ack is queued before the run's first event.
         return Submission(replace(run, status=RunStatus.RUNNING if running else RunStatus.QUEUED))
