@@ -23,6 +23,7 @@ from tests.e2e.test_web_chat import (  # noqa: F401  (browser and open_page are 
     stored_messages,
     thread_id_of,
 )
+from tests.helpers import eventually
 
 
 def item(page: Page, thread_id: str) -> Any:
@@ -111,12 +112,11 @@ async def test_rename_search_fork_and_undo_delete_through_the_page(
     await item(page, second).get_by_test_id("thread-delete").click()
     await expect(item(page, second)).to_have_count(0)
     await expect(by_id(page, "undo-button")).to_be_hidden(timeout=WAIT_MS)
-    for _ in range(50):
-        status, _ = await user.http("GET", f"/api/threads/{second}/messages")
-        if status == 404:
-            break
-        await page.wait_for_timeout(100)  # polling the server with a deadline, not a fixed sleep
-    assert status == 404
+
+    async def gone() -> bool:
+        return (await user.http("GET", f"/api/threads/{second}/messages"))[0] == 404
+
+    await eventually(gone, timeout=WAIT_MS / 1000, interval=0.1, what="the chat deleted on the server")
 
 
 @pytest.fixture(scope="module")

@@ -315,9 +315,13 @@ async def test_concurrent_sweepers_never_claim_the_same_lapsed_run(
                 for i in range(12)))
             claimed = [run.id for result in results for run in result]
             assert claimed and len(claimed) == len(set(claimed)), sorted(claimed)
-            while more := await sweepers[1].claim_expired_waiting(owner="srv_1", now=at(30), until=at(31),
-                                                                  limit=limit):
+            for _ in range(len(lapsed) + 1):  # a sweep that claims the same runs again fails, not hangs
+                more = await sweepers[1].claim_expired_waiting(owner="srv_1", now=at(30), until=at(31),
+                                                               limit=limit)
+                if not more:
+                    break
                 claimed += [run.id for run in more]
+            assert not more
             assert sorted(claimed) == sorted(lapsed)
             for run_id in lapsed:
                 run = await store.run(run_id)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -160,10 +159,9 @@ async def test_an_http_error_status_is_named(server: HttpMcpServer) -> None:
 async def test_a_slow_tool_is_stopped_at_the_mcp_timeout(server: HttpMcpServer) -> None:
     source, _ = make_source(McpServerSettings(name="ops", url=server.url), timeout_s=3)
     box = await run_toolbox(source)
-    started = time.monotonic()
-    result = await box.execute(context(), "ops__slow", '{"seconds": 60}')
+    async with asyncio.timeout(20):  # the 60 s tool is cut off, not waited for
+        result = await box.execute(context(), "ops__slow", '{"seconds": 60}')
     assert result.error == "the MCP server 'ops' did not answer within 3 s"
-    assert time.monotonic() - started < 20
     # The server and the source are fine afterwards.
     assert (await box.execute(context(), "ops__add", '{"a": 1, "b": 1}')).result == {"result": 2}
 
