@@ -189,6 +189,7 @@ class InMemoryUserRepository:
 class InMemoryThreadRepository:
     def __init__(self) -> None:
         self.threads: dict[str, Thread] = {}
+        self.forked_messages: list[Message] = []  # the copies add_fork was given (messages are elsewhere)
 
     async def add(self, thread: Thread) -> None:
         self.threads[thread.id] = thread
