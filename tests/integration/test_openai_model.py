@@ -377,3 +377,20 @@ async def test_cancellation_propagates(fake: FakeOpenAI, make_model: MakeModel) 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(fake.received) == 1
+
+
+async def test_an_error_event_in_the_stream_names_the_servers_reason(
+    fake: FakeOpenAI, make_model: MakeModel
+) -> None:
+    fake.always(reply.stream({"content": "never read"},
+                             extra_lines=('{"error": {"message": "The server is overloaded"}}',)))
+    error = await failure(make_model())
+    assert error.code == "model_error" and "The server is overloaded" in error.message
+    assert len(fake.received) == 1
+
+
+async def test_done_without_a_finish_reason_is_whole(fake: FakeOpenAI, make_model: MakeModel) -> None:
+    fake.script(reply.stream({"role": "assistant", "content": "All "}, {"content": "here."},
+                             finish_reason=None))
+    chunks = await collect(make_model())
+    assert [c.text for c in chunks if isinstance(c, TextDelta)] == ["All ", "here."]
