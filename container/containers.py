@@ -165,6 +165,7 @@ class Container(containers.DeclarativeContainer):
         run_timeout_s=settings.provided.limits.run_timeout_s,
         max_steps=settings.provided.limits.max_steps,
         model_timeout_s=settings.provided.model.timeout_s,
+        delta_window_s=settings.provided.runs.delta_window_s,
     )
     chat_limits = providers.Factory(
         ChatLimits,

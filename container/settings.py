@@ -97,6 +97,13 @@ class RunsSettings(BaseModel):
     max_takeovers: int = Field(2, ge=0, description="times a run may be taken over and go on from its "
                                "checkpoint; once more and it ends agent_error interrupted")
     event_retention_days: float = Field(7.0, gt=0)
+    delta_window_ms: float = Field(30.0, ge=0, le=1000, description="message deltas that arrive "
+                                   "within this many ms of the first one not yet sent are stored "
+                                   "and sent as one agent_message_delta; 0 sends each as it comes")
+
+    @property
+    def delta_window_s(self) -> float:
+        return self.delta_window_ms / 1000
 
 
 class ToolsSettings(BaseModel):

@@ -213,7 +213,7 @@ async def _approved(tools: _Tools, emitter: RunEventEmitter, state: RunState, ca
         decision["announced"] = True
         await emitter.emit(ApprovalDecided(tool_call_id=call.id, approved=bool(decision["approved"]),
                                            by=str(decision["by"]), reason=decision.get("reason")),
-                           checkpoint=state.checkpoint(emitter.last_seq + 1))
+                           checkpoint=state.checkpoint)
     if decision["approved"]:
         return True
     reason = decision.get("reason")
@@ -226,7 +226,7 @@ async def _ask(gate: ApprovalGate, emitter: RunEventEmitter, state: RunState, ca
     """Store the question with the run's state (its status becomes waiting), then stop the run."""
     state.awaiting = {"tool_call_id": call.id, "tool": call.name, "arguments": _shown(call),
                       "expires_at": gate.expires_at()}
-    await emitter.emit(ApprovalRequired(**state.awaiting), checkpoint=state.checkpoint(emitter.last_seq + 1))
+    await emitter.emit(ApprovalRequired(**state.awaiting), checkpoint=state.checkpoint)
     await emitter.confirm()  # stored: the run waits now, and may end here
     raise AwaitingApproval(call.id)
 
@@ -240,7 +240,7 @@ async def _run_tool(tools: _Tools, emitter: RunEventEmitter, state: RunState, ca
         state.usage.tool_calls += 1
     state.in_flight = call.id
     await emitter.emit(ToolExecuting(tool_call_id=call.id, tool=call.name, arguments=_shown(call)),
-                       checkpoint=state.checkpoint(emitter.last_seq + 1))
+                       checkpoint=state.checkpoint)
     # The run's id with the call's: a model's call ids are unique only within its conversation.
     outcome = await tools.toolbox.execute(tools.context, call.name, call.arguments,
                                           call_key=f"{tools.context.run_id}:{call.id}")
@@ -266,4 +266,4 @@ async def _completed(emitter: RunEventEmitter, state: RunState, call: ToolCall, 
     state.conversation.append(ChatMessage(role="tool", content=content, tool_call_id=call.id))
     state.pending.pop(0)
     state.in_flight = None
-    await emitter.emit(event, checkpoint=state.checkpoint(emitter.last_seq + 1))
+    await emitter.emit(event, checkpoint=state.checkpoint)

@@ -180,7 +180,7 @@ class ExecutionEngineFactory:
         """The one way to emit a run's events: numbered after `after_seq`, fenced by the context's
         lease epoch, through the one bridge."""
         return RunEventEmitter(context, self._bridge.publish, self._clock, after_seq=after_seq,
-                               epoch=context.lease_epoch)
+                               epoch=context.lease_epoch, delta_window_s=self._limits.delta_window_s)
 
     async def reject_run(self, context: UserExecutionContext, error: LimitExceeded,
                          resumption: Resumption | None = None) -> None:

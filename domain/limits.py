@@ -13,3 +13,4 @@ class EngineLimits:
     run_timeout_s: float
     max_steps: int
     model_timeout_s: float
+    delta_window_s: float  # message deltas within this window become one event (RunEventEmitter)

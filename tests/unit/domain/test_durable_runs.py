@@ -109,7 +109,7 @@ async def emit_before_death(container: Container, context: UserExecutionContext,
     emitter = container.engine_factory().emitter_for(context)
     await emitter.emit(AgentStarted("scripted"))
     await emitter.emit(ToolExecuting(tool_call_id=call.id, tool=call.name, arguments={}),
-                       checkpoint=checkpoint)
+                       checkpoint=lambda _seq: checkpoint)
     await emitter.confirm()
 
 
