@@ -1,5 +1,6 @@
 """`make bench`: engine micro-benchmark, golden path vs a bare WebSocket server (SQLite, one
-process; then the production profile: PostgreSQL + Redis, two processes), memory per socket, soak.
+process; then the production profile: PostgreSQL + Redis, two processes), memory per socket, soak,
+token streams of a real-model stand-in vs a bare relay (bench/stream_bench.py).
 
 Servers run as their own processes (goldenpath via `goldenpath serve`, the bare one via
 bench/bare_server.py); the load runs as another process (bench/load.py); all over loopback.
@@ -36,8 +37,9 @@ from bench.servers import (
     several,
     urls,
 )
+from bench.stream_bench import StreamBench
 
-SECTIONS = ("engine", "golden", "prod", "memory", "soak")
+SECTIONS = ("engine", "golden", "prod", "memory", "soak", "stream")
 GATED_USERS = 100  # the rows the targets apply to
 WARMUP_S = 1.0  # each throughput row's shortest warm-up (longer until every user's first run ended)
 LONGEST_WINDOW_S = 60.0  # a throughput row measures --duration s, longer if a round takes longer
@@ -253,6 +255,9 @@ class Bench:
                  f"— target within 10%: {verdict(abs(drift) <= 0.10)}")
         self.say()
 
+    def stream(self) -> None:
+        StreamBench(self.report, self.tmp, self.args).run()
+
     # -- the whole bench ------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -264,7 +269,7 @@ class Bench:
                  f"Load average (1/5/15 min) at start: {la(os.getloadavg())}.")
         self.say()
         steps = {"engine": self.engine, "golden": self.golden_path, "prod": self.production,
-                 "memory": self.memory, "soak": self.soak}
+                 "memory": self.memory, "soak": self.soak, "stream": self.stream}
         try:
             for name in self.args.only:
                 steps[name]()
@@ -303,6 +308,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="concurrent users of section 3's rows (PostgreSQL + Redis, two processes)")
     parser.add_argument("--sockets", type=int, default=5000, help="idle sockets of the memory test")
     parser.add_argument("--soak-runs", type=int, default=10000)
+    parser.add_argument("--stream-chunks", type=int, default=200,
+                        help="stream section: tokens per answer of the test model")
+    parser.add_argument("--stream-rate", type=float, default=50.0,
+                        help="stream section: tokens per second of the test model")
+    parser.add_argument("--stream-k", type=int_list, default=[5, 10, 20, 30, 40, 60, 80, 100],
+                        help="stream section: the ladder of concurrent users, each row one run per user")
     parser.add_argument("--only", type=section_list, default=list(SECTIONS),
                         help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--profile", action="store_true",
