@@ -220,6 +220,7 @@ def production_profile(tmp: Path, processes: int) -> Iterator[dict[str, str]]:
             "GOLDENPATH_BUS__REDIS_URL": redis_url,
             "GOLDENPATH_BUS__CHANNEL": f"gp-bench-{secrets.token_hex(6)}",
             "GOLDENPATH_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
+            "GOLDENPATH_MCP__SECRET_KEY": secrets.token_urlsafe(48),
         }
 
 

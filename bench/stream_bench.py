@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -162,7 +161,7 @@ class StreamBench:
         with ExitStack() as stack:
             extra = stack.enter_context(production_profile(self.tmp, processes=2))
             m = stack.enter_context(test_model(self.tmp, self.chunks, self.rate))
-            env = {**extra, **model_env(m), "GOLDENPATH_MCP__SECRET_KEY": secrets.token_urlsafe(48)}
+            env = {**extra, **model_env(m)}
             gs = stack.enter_context(several(2, lambda: golden(self.tmp, env)))
             dsn = extra["GOLDENPATH_DATABASE__URL"].replace("postgresql+asyncpg://", "postgresql://")
             golden_rows = self.ladder("golden", gs, m, ["--pg-dsn", dsn])
