@@ -30,7 +30,18 @@ DELETED_THROUGH = "deleted_through"
 _Event = tuple[AgentEvent, dict[str, Any], "asyncio.Future[AgentEvent]"]
 
 
-_MAX_EVENT_ID = select(func.max(events.c.id))
+# The highest id given out: stored, or pruned or deleted (never given out twice). One read.
+_NUMBERED_THROUGH = select(func.max(events.c.id), (
+    select(func.max(event_log_state.c.value))
+    .where(event_log_state.c.name.in_((PRUNED_THROUGH, DELETED_THROUGH))).scalar_subquery()))
+# Built once (an expanding IN): building and compiling it per batch cost more than running it.
+_FENCE = (select(runs.c.id, runs.c.lease_epoch, runs.c.status,
+                 select(func.coalesce(func.max(events.c.seq), 0)).where(events.c.run_id == runs.c.id)
+                 .scalar_subquery().label("last_seq"))
+          .where(runs.c.id.in_(bindparam("run_ids", expanding=True))))
+_FENCE_SHARED = _FENCE.with_for_update(of=runs, read=True)  # PostgreSQL
+_INSERT_EVENTS = insert(events)
+_INSERT_MESSAGES = insert(messages)
 _TOUCH_THREAD = (update(threads).where(threads.c.id == bindparam("thread_id"))
                  .values(updated_at=bindparam("at")))
 # Not status.in_(): an expanding IN cannot run as executemany.
@@ -45,8 +56,6 @@ _WAIT_RUN = (update(runs)
              .where(runs.c.id == bindparam("run_id"), runs.c.status == RunStatus.RUNNING)
              .values(status=RunStatus.WAITING, owner=None, lease_expires_at=None,
                      wait_expires_at=bindparam("until")))
-_NUMBERED_THROUGH = (select(func.max(event_log_state.c.value))
-                     .where(event_log_state.c.name.in_((PRUNED_THROUGH, DELETED_THROUGH))))
 
 
 def encode_cursor(event_id: int) -> str:
@@ -278,11 +287,11 @@ class SqlAlchemyEventLog:
         """Number the rows and store them in `conn`'s transaction; the numbering is part of it."""
         if self._db.dialect == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": APPEND_LOCK})
-        stored = (await conn.execute(_MAX_EVENT_ID)).scalar() or 0
-        top = max(stored, (await conn.execute(_NUMBERED_THROUGH)).scalar() or 0)
+        stored, gone = (await conn.execute(_NUMBERED_THROUGH)).one()
+        top = max(stored or 0, gone or 0)
         for offset, row in enumerate(rows, start=1):
             row["id"] = top + offset
-        await conn.execute(insert(events), rows)
+        await conn.execute(_INSERT_EVENTS, rows)
 
 
 async def _fence(conn: SqlConnection, staged: list[AgentEvent]) -> dict[str, Exception]:
@@ -300,13 +309,8 @@ async def _fence(conn: SqlConnection, staged: list[AgentEvent]) -> dict[str, Exc
             held.setdefault(event.run_id, event)  # its first event in this batch
     if not held:
         return {}
-    last_seq = (select(func.coalesce(func.max(events.c.seq), 0)).where(events.c.run_id == runs.c.id)
-                .scalar_subquery())
-    query = (select(runs.c.id, runs.c.lease_epoch, runs.c.status, last_seq.label("last_seq"))
-             .where(runs.c.id.in_(held)))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(of=runs, read=True)
-    current = {row.id: row for row in await conn.execute(query)}
+    query = _FENCE_SHARED if conn.dialect.name == "postgresql" else _FENCE
+    current = {row.id: row for row in await conn.execute(query, {"run_ids": list(held)})}
     refused: dict[str, Exception] = {}
     for run_id, first in held.items():
         row = current.get(run_id)
@@ -335,7 +339,7 @@ async def _end_runs(conn: SqlConnection, terminal: list[AgentEvent]) -> None:
             touches.append({"thread_id": event.thread_id, "at": event.ts})
     await conn.execute(_END_RUN, ends)
     if answers:
-        await conn.execute(insert(messages), answers)
+        await conn.execute(_INSERT_MESSAGES, answers)
         await conn.execute(_TOUCH_THREAD, touches)
 
 
