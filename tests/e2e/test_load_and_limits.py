@@ -89,6 +89,7 @@ async def test_a_client_that_never_reads_is_closed_with_4408_and_memory_stays_fl
         server={"ws_send_queue": 32},
         limits={"max_pending_runs_per_user": 500, "max_engines_per_user": 100},
         security={"messages_per_minute": 10_000},
+        runs={"delta_window_ms": 0},  # every piece its own event: many frames to queue
     )
     user = await register(server)
     # A tiny receive window and a client library that stops reading after one message.
