@@ -8,10 +8,12 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from container import Container
+from domain.approval_policy import ApprovalGate
 from domain.context import UserExecutionContext
 from domain.events import AgentEvent
 from domain.factory import ExecutionEngineFactory
 from domain.tools import ToolBox
+from domain.tools.catalog import ToolCatalog
 
 
 class _Clock:
@@ -40,6 +42,11 @@ class _Audit:
         return []
 
 
+class _Grants:  # pragma: no cover - never asked: engines are not run here
+    async def covers(self, user_id: str, tool: str, thread_id: str) -> bool:
+        return False
+
+
 def _context(user: int, run: int) -> UserExecutionContext:
     return UserExecutionContext(user_id=f"user_{user}", thread_id=f"thread_{run}", run_id=f"run_{run}",
                                 request_id=f"req_{run}", created_at=datetime.now(UTC))
@@ -55,7 +62,9 @@ async def _measure(active: int, iterations: int) -> dict[str, float]:
     container = Container()  # the settings' limits, the two the benchmark needs raised
     factory = ExecutionEngineFactory(
         bridge=_Bridge(), model=_Model(), clock=clock, audit=_Audit(),
-        toolbox=ToolBox([], timeout_s=container.settings().limits.tool_timeout_s, pause_s=0.0),
+        tools=ToolCatalog(builtin=ToolBox([], timeout_s=container.settings().limits.tool_timeout_s,
+                                          pause_s=0.0)),
+        gate=ApprovalGate(grants=_Grants(), clock=clock, timeout_s=60.0),
         limits=replace(container.engine_limits(), max_engines_per_user=4, max_engines_total=active + 100),
     )
     # Background engines: 4 per user (the per-user limit), kept open during the measurement.
