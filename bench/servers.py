@@ -113,6 +113,10 @@ def golden_env(run_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
         "GOLDENPATH_AUTH__ARGON2_PARALLELISM": "1",
         "GOLDENPATH_SECURITY__MESSAGES_PER_MINUTE": "1000000",
         "GOLDENPATH_SECURITY__WS_FRAMES_PER_S": "1000000",
+        # A user's frames are charged against a byte budget (a chat counts 8 KiB): 64 KiB/s by
+        # default, i.e. 8 chats a second per user, which alone held the one-user row at ~8 runs/s.
+        "GOLDENPATH_SECURITY__WS_USER_BYTES_PER_S": str(2**40),
+        "GOLDENPATH_SECURITY__WS_USER_BYTES_BURST": str(2**40),
         "GOLDENPATH_LIMITS__MAX_PENDING_RUNS_PER_USER": "1000",
         "GOLDENPATH_LIMITS__MAX_ENGINES_TOTAL": "10000",
         "GOLDENPATH_LOG__LEVEL": "WARNING",
