@@ -115,6 +115,23 @@ def stream(*deltas: dict[str, Any], finish_reason: str | None = "stop",
     return reply
 
 
+def paced(*pieces: str, pause_s: float) -> Reply:
+    """Streams the text pieces one by one, `pause_s` apart, as a real model does."""
+
+    async def reply(request: web.Request, server: FakeOpenAI) -> web.StreamResponse:
+        response = await _open_stream(request)
+        await _send(response, chunk({"role": "assistant", "content": ""}))
+        for piece in pieces:
+            await _send(response, chunk({"content": piece}))
+            await asyncio.sleep(pause_s)
+        await _send(response, chunk(finish_reason="stop"))
+        await _send(response, "[DONE]")
+        await response.write_eof()
+        return response
+
+    return reply
+
+
 def text(*pieces: str, usage: tuple[int, int] = (12, 7)) -> Reply:
     return stream({"role": "assistant", "content": ""}, *({"content": piece} for piece in pieces),
                   usage=usage)
