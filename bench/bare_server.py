@@ -7,11 +7,11 @@ Run: python -m bench.bare_server --port P --template frames.json
 
 from __future__ import annotations
 
-import argparse
 import json
-import resource
 
 from aiohttp import web
+
+from bench.small_server import arguments, serve, with_health
 
 
 def _frames(template: list[dict]) -> list[str]:
@@ -34,26 +34,19 @@ def make_app(frames: list[str]) -> web.Application:
                     await sock.send_str(frame)
         return sock
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     app = web.Application()
     app.router.add_get("/ws", ws)
-    app.router.add_get("/health", health)
-    return app
+    return with_health(app)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser = arguments()
     parser.add_argument("--template", required=True)
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with open(args.template) as f:
         frames = _frames(json.load(f))
-    web.run_app(make_app(frames), host=args.host, port=args.port, print=None, access_log=None)
+    serve(make_app(frames), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,14 @@ Run: python -m bench.stream_model --port P --chunks N --rate R
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
-import resource
 import time
 
 from aiohttp import web
+
+from bench.small_server import arguments, serve, with_health
 
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -82,26 +82,18 @@ def make_app(chunks: int, rate: float) -> web.Application:
             pass
         return response
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
-    app.router.add_get("/health", health)
-    return app
+    return with_health(app)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser = arguments()
     parser.add_argument("--chunks", type=int, default=200, help="content chunks per answer")
     parser.add_argument("--rate", type=float, default=50.0, help="content chunks per second")
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    web.run_app(make_app(args.chunks, args.rate), host=args.host, port=args.port, print=None,
-                access_log=None)
+    serve(make_app(args.chunks, args.rate), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,17 @@ Run: python -m bench.stream_relay --port P --model-url http://127.0.0.1:Q/v1
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import itertools
 import json
-import resource
 import time
 from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
+
+from bench.small_server import arguments, serve, with_health
 
 TERMINAL_OK = "agent_completed"
 _dumps = json.JSONEncoder(separators=(",", ":")).encode  # compact, as goldenpath's frames are
@@ -114,26 +114,19 @@ class Relay:
 def make_app(model_url: str) -> web.Application:
     relay = Relay(model_url)
 
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     app = web.Application()
     app.on_startup.append(relay.start)
     app.on_shutdown.append(relay.stop)
     app.router.add_get("/ws", relay.ws)
-    app.router.add_get("/health", health)
-    return app
+    return with_health(app)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser = arguments()
     parser.add_argument("--model-url", required=True, help="the OpenAI-compatible base URL, .../v1")
     args = parser.parse_args()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    web.run_app(make_app(args.model_url), host=args.host, port=args.port, print=None, access_log=None)
+    serve(make_app(args.model_url), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from loguru import logger
 from container import Container, Settings
 from entrypoints.app import create_app, wait_ready
 from tests.e2e.client import PASSWORD, Server
+from tests.integration.fake_openai_server import FakeOpenAI
 
 
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
@@ -49,6 +50,17 @@ async def start_server(container: Container) -> tuple[Server, web.AppRunner]:
         await runner.cleanup()
         raise
     return Server(base_url=f"http://127.0.0.1:{port}", app=app, container=container), runner
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    """An OpenAI-compatible server on a free port that answers as each test scripts it."""
+    server = FakeOpenAI()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture

@@ -4,9 +4,6 @@ resumed exactly (issue 16: grouping costs nothing of the durability promise)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-
-import pytest
 
 from tests.e2e.client import register, run_events, start_chat, until_ready
 from tests.integration import fake_openai_server as reply
@@ -15,17 +12,10 @@ from tests.integration.fake_openai_server import FakeOpenAI
 PIECES = [f"w{i:02d} " for i in range(40)]
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-async def test_pieces_are_grouped_into_deltas_that_a_resume_replays_exactly(make_server, fake) -> None:
+async def test_pieces_are_grouped_into_deltas_that_a_resume_replays_exactly(
+    make_server, fake_openai: FakeOpenAI,
+) -> None:
+    fake = fake_openai
     fake.always(reply.paced(*PIECES, pause_s=0.005))
     server = await make_server(model={"provider": "openai", "base_url": fake.base_url,
                                       "api_key": "sk-test-fake", "name": "test-model",
