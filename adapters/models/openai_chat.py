@@ -85,8 +85,8 @@ class OpenAIChatModel:
                 delay = None if yielded else self._retry_delay(error, attempt)
                 if delay is None:
                     raise self._model_error(error) from error
-            except httpx.TimeoutException as error:
-                raise _timed_out() from error
+            except httpx.TimeoutException as error:  # a connection lost mid-answer is one too
+                raise (_unreachable() if _refused(error) else _timed_out()) from error
             except httpx.TransportError as error:  # e.g. the connection dropped mid-answer
                 raise _unreachable() from error
             await asyncio.sleep(delay)
@@ -266,12 +266,14 @@ def _retry_after(header: str | None) -> float | None:
 
 
 def _refused(error: BaseException) -> bool:
-    """Whether a "timeout" was a connection refused: the aiohttp transport of openai maps every
-    aiohttp.ClientConnectionError, ClientConnectorError included, to httpx2.ConnectTimeout."""
+    """Whether a "timeout" was a connection that failed: the aiohttp transport of openai maps every
+    aiohttp.ClientConnectionError to httpx2.ConnectTimeout, a refused connection (ClientConnectorError)
+    and a server that hung up before answering (ServerDisconnectedError, e.g. a pooled connection
+    it closed) alike; only its ServerTimeoutError is a timeout."""
     cause = error.__cause__
     while cause is not None:
-        if isinstance(cause, aiohttp.ClientConnectorError):
-            return True
+        if isinstance(cause, aiohttp.ClientConnectionError):
+            return not isinstance(cause, aiohttp.ServerTimeoutError)
         cause = cause.__cause__
     return False
 

@@ -389,3 +389,27 @@ async def test_done_without_a_finish_reason_is_whole(fake: FakeOpenAI, make_mode
                              finish_reason=None))
     chunks = await collect(make_model())
     assert [c.text for c in chunks if isinstance(c, TextDelta)] == ["All ", "here."]
+
+
+async def test_a_server_that_hangs_up_before_answering_is_unavailable_and_retried(
+    make_model: MakeModel
+) -> None:
+    # openai's aiohttp transport reports every dropped connection (here ServerDisconnectedError,
+    # as a pooled connection the server closed gives) as a connect timeout: it is no timeout.
+    hung_up = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal hung_up
+        hung_up += 1
+        await reader.read(100)
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        error = await asyncio.wait_for(
+            failure(make_model(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2)), timeout=5)
+    finally:
+        server.close()
+    assert error.code == "model_unavailable"
+    assert hung_up == 3
