@@ -87,6 +87,10 @@ class RunEventEmitter:
             if self._delta_timer is None:
                 self._delta_timer = asyncio.get_running_loop().call_later(self._delta_window_s,
                                                                           self._publish_delta)
+            # The timer hands windows over without waiting: a long answer (deltas alone) waits
+            # here, or its windows would pile up unstored without bound.
+            if len(self._in_flight) >= MAX_IN_FLIGHT:
+                await self.confirm()
             return
         self._publish_delta()
         terminal = payload.TERMINAL

@@ -162,3 +162,20 @@ async def test_with_no_window_each_delta_is_its_own_event() -> None:
     for piece in ("a", "b"):
         await emitter.emit(AgentMessageDelta(piece))
     assert [event.data["delta"] for event, _ in publisher.handed] == ["a", "b"]
+
+
+async def test_deltas_alone_still_wait_once_too_many_of_their_windows_are_in_flight() -> None:
+    # A long answer is deltas only: its windows must not pile up unstored without bound.
+    publisher = HeldPublisher()
+    emitter = emitter_for(publisher, delta_window_s=0.001)
+    for handed in range(1, MAX_IN_FLIGHT + 1):
+        await emitter.emit(AgentMessageDelta("x"))
+        await eventually(lambda handed=handed: len(publisher.handed) == handed, what="the window sent")
+    blocked = asyncio.create_task(emitter.emit(AgentMessageDelta("x")))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    publisher.store_all()
+    await eventually(lambda: len(publisher.handed) == MAX_IN_FLIGHT + 1, what="the last window sent")
+    publisher.store_all()
+    await asyncio.wait_for(blocked, 1)
+    assert [event.seq for event, _ in publisher.handed] == list(range(1, MAX_IN_FLIGHT + 2))
