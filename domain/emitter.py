@@ -124,7 +124,11 @@ class RunEventEmitter:
             epoch=self._epoch,
             checkpoint=None if checkpoint is None else checkpoint(self._seq),
         )
-        future = asyncio.ensure_future(self._publish(event))
+        try:
+            future = asyncio.ensure_future(self._publish(event))
+        except Exception as failure:  # e.g. the log already stopped: no later event may follow it
+            self._failed = failure
+            raise
         future.add_done_callback(self._note_failure)
         self._in_flight.append(future)
 
