@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,24 +58,20 @@ class SocketConnection:
         self.connection_id = connection_id
         self.budget = budget
         self._transport = transport
-        # Frames to send, None: close after those. A writer task runs only while there are frames:
-        # an idle socket holds no task, no queue of waiters, no event (memory per idle socket).
-        self._queue: deque[str | None] = deque()
-        self._max_queue = max_queue
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(max_queue)
         self._max_bytes = max_queue_bytes
         self._queued_bytes = 0
-        self._taken: asyncio.Event | None = None  # the writer took a frame: a waiting replay may find room
+        self._taken = asyncio.Event()  # the writer took a frame: a waiting replay may find room
         self._stall_s = stall_s
-        self._started = False
         self._writer: asyncio.Task[None] | None = None
         self._sending_since: float | None = None  # loop time the send under way began
         self._closing = False
         self._held: LiveQueue | None = None
         self._first_frame_pending = False
-        self._replaying: asyncio.Lock | None = None
+        self._replaying = asyncio.Lock()
         # A run's stored events after a position: fills a gap in its live events (see deliver).
         self._fill_gap = fill_gap
-        self._filling: set[asyncio.Task[None]] | None = None
+        self._filling: set[asyncio.Task[None]] = set()
         self._sent = Position()
         self._before_first_frame: Position | None = None
         self.sent = 0
@@ -119,14 +114,8 @@ class SocketConnection:
         return self._sent.cursor
 
     def start(self) -> None:
-        self._started = True
-        self._write_soon()
+        self._writer = asyncio.create_task(self._write(), name=f"ws-writer:{self.connection_id}")
         asyncio.get_running_loop().call_later(self._stall_s / 4, self._watch_writer)
-
-    def _write_soon(self) -> None:
-        if self._started and self._writer is None and self._queue:
-            self._writer = asyncio.get_running_loop().create_task(
-                self._write(), name=f"ws-writer:{self.connection_id}")
 
     def _watch_writer(self) -> None:
         """A send that has not returned for `stall_s` (the client's TCP window stayed shut) closes
@@ -149,16 +138,15 @@ class SocketConnection:
         if self._closing:
             self.dropped += 1
             return False
-        if self._queued_bytes + len(frame) > self._max_bytes or len(self._queue) >= self._max_queue:
-            self._too_slow(f"fell {len(self._queue)} frames ({self._queued_bytes} bytes) behind")
+        if self._queued_bytes + len(frame) > self._max_bytes or self._queue.full():
+            self._too_slow(f"fell {self._queue.qsize()} frames ({self._queued_bytes} bytes) behind")
             return False
         self._put(frame)
         return True
 
     def _put(self, frame: str) -> None:
         self._queued_bytes += len(frame)
-        self._queue.append(frame)
-        self._write_soon()
+        self._queue.put_nowait(frame)
 
     def send_json(self, payload: dict[str, Any]) -> bool:
         return self.send(json.dumps(payload, separators=(",", ":")))
@@ -182,8 +170,6 @@ class SocketConnection:
             self._hold().put(envelope)
             task = asyncio.get_running_loop().create_task(
                 self.resume(self._fill_gap(envelope.run_id), self._sent.copy(), skip=self._sent))
-            if self._filling is None:
-                self._filling = set()
             self._filling.add(task)
             task.add_done_callback(self._filling.discard)
             return True
@@ -196,7 +182,7 @@ class SocketConnection:
 
     def _hold(self) -> LiveQueue:
         if self._held is None:
-            self._held = LiveQueue(self._max_queue)
+            self._held = LiveQueue(self._queue.maxsize)
         return self._held
 
     def hold_until_first_frame(self, patience_s: float) -> None:
@@ -244,8 +230,6 @@ class SocketConnection:
             self.budget.replayed(len(page))
             return page
 
-        if self._replaying is None:
-            self._replaying = asyncio.Lock()
         try:
             async with self.budget.replay_turn, self._replaying:
                 events = follow(self._hold(), charged, since, caught_up_only=True)
@@ -264,10 +248,8 @@ class SocketConnection:
     async def _put_waiting(self, envelope: Envelope) -> bool:
         # No room means the writer is behind; a writer that stalls closes the socket, ending this wait.
         frame = envelope.frame
-        while not self._closing and (len(self._queue) >= self._max_queue or
+        while not self._closing and (self._queue.full() or
                                      self._queued_bytes + len(frame) > self._max_bytes):
-            if self._taken is None:
-                self._taken = asyncio.Event()
             self._taken.clear()
             await self._taken.wait()
         if self._closing:
@@ -278,7 +260,7 @@ class SocketConnection:
 
     def _release(self) -> None:
         # The client's first frame, or a replay, is still under way: it releases them when done.
-        if self._first_frame_pending or (self._replaying is not None and self._replaying.locked()):
+        if self._first_frame_pending or self._replaying.locked():
             return
         held, self._held = self._held, None
         for envelope in held.drain() if held is not None else ():
@@ -296,13 +278,9 @@ class SocketConnection:
         """Close from outside the socket's own task (a timer, another request)."""
         self._begin_close(code, message)
 
-    def _wake_waiting_replay(self) -> None:
-        if self._taken is not None:
-            self._taken.set()
-
     def _begin_close(self, code: int, message: str) -> None:
         self._closing = True
-        self._wake_waiting_replay()
+        self._taken.set()
         asyncio.get_running_loop().create_task(self._close_now(code, message))
 
     async def _close_now(self, code: int, message: str) -> None:
@@ -323,40 +301,38 @@ class SocketConnection:
             pass
 
     def _forget_queued(self) -> None:
-        self._queue.clear()
+        self._queue = asyncio.Queue(self._queue.maxsize)
         self._queued_bytes = 0
 
     async def _write(self) -> None:
-        """Sends the queued frames, then ends (`_write_soon` starts the next writer)."""
         loop = asyncio.get_running_loop()
-        queue = self._queue
-        while queue:
-            frame = queue.popleft()
+        while True:
+            frame = await self._queue.get()
             if frame is None:
                 return
             self._queued_bytes -= len(frame)
-            self._wake_waiting_replay()
+            self._taken.set()
             self._sending_since = loop.time()  # a send that outlasts stall_s is cut (_watch_writer)
             try:
                 await self.ws.send_str(frame)
             except (ConnectionError, RuntimeError):
                 self._closing = True
-                self._wake_waiting_replay()
+                self._taken.set()
                 return
             finally:
                 self._sending_since = None
             self.sent += 1
-        self._writer = None  # nothing awaited since the queue was seen empty
 
     async def close(self, code: int = 1000, message: str = "") -> None:
         """Send what is queued (briefly), then close with the given code."""
         if self._writer is not None and not self._closing:
             self._closing = True
-            self._queue.append(None)
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._writer), 2)
         self._closing = True
-        self._wake_waiting_replay()
+        self._taken.set()
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
