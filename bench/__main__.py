@@ -177,10 +177,7 @@ class Bench:
     def production(self) -> None:
         self.say("## 3. The same with the production profile: PostgreSQL + Redis, two processes")
         self.say()
-        missing = production_missing()
-        if missing:
-            self.say(f"Skipped: {missing}.")
-            self.say()
+        if self.report.skipped(production_missing()):
             return
         self.ensure_template()  # before the cluster: the bare servers need it
         with production_profile(self.tmp, processes=2) as extra, \

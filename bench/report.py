@@ -23,6 +23,13 @@ class Report:
             self.say("| " + " | ".join(str(cell) for cell in row) + " |")
         self.say()
 
+    def skipped(self, why: str | None) -> bool:
+        """Say why a section cannot run here (and return True), or return False when it can."""
+        if why:
+            self.say(f"Skipped: {why}.")
+            self.say()
+        return bool(why)
+
     def write(self, path: str) -> None:
         Path(path).write_text("\n".join(self.lines) + "\n")
 

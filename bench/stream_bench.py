@@ -92,10 +92,7 @@ class StreamBench:
         self.say("## 7. The same token streams with the production profile: PostgreSQL + Redis, two "
                  "processes")
         self.say()
-        missing = production_missing()
-        if missing:
-            self.say(f"Skipped: {missing}.")
-            self.say()
+        if self.report.skipped(production_missing()):
             return
         self.say("Two `goldenpath serve` processes with GOLDENPATH_ENV=production (a fresh PostgreSQL "
                  "database, a private redis-server, as section 3 builds them), users alternating between "
