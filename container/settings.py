@@ -28,6 +28,9 @@ class ServerSettings(BaseModel):
     ws_send_queue: int = Field(1024, ge=16)
     ws_send_queue_bytes: int = Field(1024 * 1024, ge=64 * 1024, description="bytes of frames that "
                                      "may wait for one socket; more and it is closed with 4408")
+    ws_receive_queue_bytes: int = Field(16 * 1024, ge=1024, description="frames one socket may have "
+                                        "read and parsed but not yet handled, each counted as its "
+                                        "size + 128; past it the socket is not read until they are")
     ws_send_stall_s: float = Field(5.0, gt=0, description="a socket whose client has taken no frame "
                                    "for this long while frames wait is closed with 4408; its close "
                                    "frame gets as long again, then the connection is cut")

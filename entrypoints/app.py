@@ -24,6 +24,7 @@ from entrypoints.middlewares import authentication, edge, errors, request_ids, s
 from entrypoints.openapi import openapi
 from entrypoints.sse import run_events
 from entrypoints.ws import close_revoked_sockets, websocket
+from entrypoints.ws_limits import bound_received_frames
 
 STATIC = Path(__file__).parent / "static"
 
@@ -127,6 +128,7 @@ def create_app(container: Container) -> web.Application:
     app.cleanup_ctx.append(_lifecycle)
     app.on_response_prepare.append(security_headers)  # CSP and friends on every response
     log_parser_errors_in_one_line()
+    bound_received_frames(settings.server.ws_receive_queue_bytes)
     install_metrics(app)  # GET /metrics (no auth: internal scraping) and the event-loop lag probe
     app.on_shutdown.append(_drain)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 
+import aiohttp.web_ws
 from aiohttp import web
 
 from adapters.bridge import AgentWebSocketBridge
@@ -48,3 +49,17 @@ def small_send_buffer(request: web.Request, size: int) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
+def bound_received_frames(limit_bytes: int) -> None:
+    """aiohttp stops reading a socket once its parsed, unhandled frames pass `limit_bytes`.
+
+    aiohttp counts each frame as its size + 128 bytes and stops at twice its chunk size, 512 KiB:
+    a client flooding 31-byte resumes had ~3,300 frames (~0.6 MiB of Python objects) parsed per
+    socket before TCP pushed back, and once such a flood ended the process kept most of that
+    memory (CPython's arenas stay while one live object is in them): +14% RSS after 20 sockets'
+    resume flood, +3% with 16 KiB (docs/performance.md, "Fair under abuse"). aiohttp offers no
+    public way: its reader queue takes the module's chunk size when a socket is upgraded, so this
+    holds for every socket the process upgrades afterwards.
+    """
+    aiohttp.web_ws.DEFAULT_CHUNK_SIZE = max(1, limit_bytes // 2)
