@@ -29,15 +29,12 @@ import aiohttp
 
 from bench.hostile import KINDS
 from bench.load import cpu_s, login_users, one_run, open_sockets, pct, rss_kib, session
+from bench.servers import RAISED_LIMITS, at_defaults
 
 HERE = Path(__file__).resolve().parent
 # bench/servers.py raises the per-user limits for throughput runs; here every user, normal or
 # hostile, meets the defaults (the normal users' pace keeps within them).
-SERVER_ENV = {
-    "GOLDENPATH_SECURITY__MESSAGES_PER_MINUTE": "30",
-    "GOLDENPATH_SECURITY__WS_FRAMES_PER_S": "50",
-    "GOLDENPATH_LIMITS__MAX_PENDING_RUNS_PER_USER": "16",
-}
+SERVER_ENV = at_defaults(RAISED_LIMITS)
 CLOSED_LOOP_ENV = {"GOLDENPATH_SECURITY__MESSAGES_PER_MINUTE": "1000000"}
 # Each kind with `--sockets` sockets; "all": `--sockets` in all, split over the kinds (the issue's
 # "20 hostile sockets", all kinds together); "all-x4": `--sockets` of each kind at once.

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,18 +111,35 @@ def golden_env(run_dir: Path, extra: dict[str, str] | None = None) -> dict[str, 
         "GOLDENPATH_AUTH__ARGON2_TIME_COST": "1",
         "GOLDENPATH_AUTH__ARGON2_MEMORY_KIB": "1024",
         "GOLDENPATH_AUTH__ARGON2_PARALLELISM": "1",
-        "GOLDENPATH_SECURITY__MESSAGES_PER_MINUTE": "1000000",
-        "GOLDENPATH_SECURITY__WS_FRAMES_PER_S": "1000000",
-        # A user's frames are charged against a byte budget (a chat counts 8 KiB): 64 KiB/s by
-        # default, i.e. 8 chats a second per user, which alone held the one-user row at ~8 runs/s.
-        "GOLDENPATH_SECURITY__WS_USER_BYTES_PER_S": str(2**40),
-        "GOLDENPATH_SECURITY__WS_USER_BYTES_BURST": str(2**40),
-        "GOLDENPATH_LIMITS__MAX_PENDING_RUNS_PER_USER": "1000",
-        "GOLDENPATH_LIMITS__MAX_ENGINES_TOTAL": "10000",
+        **RAISED_LIMITS,
         "GOLDENPATH_LOG__LEVEL": "WARNING",
     })
     env.update(extra or {})
     return env
+
+
+RAISED_LIMITS = {
+    "GOLDENPATH_SECURITY__MESSAGES_PER_MINUTE": "1000000",
+    "GOLDENPATH_SECURITY__WS_FRAMES_PER_S": "1000000",
+    # A user's frames are charged against a byte budget (a chat counts 8 KiB): 64 KiB/s by
+    # default, i.e. 8 chats a second per user, which alone held the one-user row at ~8 runs/s.
+    "GOLDENPATH_SECURITY__WS_USER_BYTES_PER_S": str(2**40),
+    "GOLDENPATH_SECURITY__WS_USER_BYTES_BURST": str(2**40),
+    "GOLDENPATH_LIMITS__MAX_PENDING_RUNS_PER_USER": "1000",
+    "GOLDENPATH_LIMITS__MAX_ENGINES_TOTAL": "10000",
+}
+"""The abuse limits `golden_env` raises out of a throughput run's way."""
+
+
+def at_defaults(names: Iterable[str]) -> dict[str, str]:
+    """Those settings (GOLDENPATH_SECTION__FIELD) at the server's defaults, read from its settings model."""
+    from container.settings import Settings
+
+    values = {}
+    for name in names:
+        section, field = name.removeprefix("GOLDENPATH_").lower().split("__")
+        values[name] = str(getattr(Settings.model_fields[section].default, field))
+    return values
 
 
 @contextmanager
