@@ -16,6 +16,7 @@ from adapters.budget import UserBudget
 from adapters.close_codes import CloseCode
 from adapters.event_bus import Envelope
 from adapters.follow import LiveQueue, Position, ReadStored, follow
+from adapters.frame_queue import FrameQueue, Signal
 
 # A paused socket looks this often whether its connection is gone.
 PAUSE_SLICE_S = 0.25
@@ -58,10 +59,10 @@ class SocketConnection:
         self.connection_id = connection_id
         self.budget = budget
         self._transport = transport
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(max_queue)
+        self._queue: FrameQueue[str | None] = FrameQueue(max_queue)
         self._max_bytes = max_queue_bytes
         self._queued_bytes = 0
-        self._taken = asyncio.Event()  # the writer took a frame: a waiting replay may find room
+        self._taken = Signal()  # the writer took a frame: a waiting replay may find room
         self._stall_s = stall_s
         self._writer: asyncio.Task[None] | None = None
         self._sending_since: float | None = None  # loop time the send under way began
@@ -146,7 +147,7 @@ class SocketConnection:
 
     def _put(self, frame: str) -> None:
         self._queued_bytes += len(frame)
-        self._queue.put_nowait(frame)
+        self._queue.put(frame)
 
     def send_json(self, payload: dict[str, Any]) -> bool:
         return self.send(json.dumps(payload, separators=(",", ":")))
@@ -250,7 +251,6 @@ class SocketConnection:
         frame = envelope.frame
         while not self._closing and (self._queue.full() or
                                      self._queued_bytes + len(frame) > self._max_bytes):
-            self._taken.clear()
             await self._taken.wait()
         if self._closing:
             return False
@@ -280,7 +280,7 @@ class SocketConnection:
 
     def _begin_close(self, code: int, message: str) -> None:
         self._closing = True
-        self._taken.set()
+        self._taken.notify()
         asyncio.get_running_loop().create_task(self._close_now(code, message))
 
     async def _close_now(self, code: int, message: str) -> None:
@@ -301,7 +301,7 @@ class SocketConnection:
             pass
 
     def _forget_queued(self) -> None:
-        self._queue = asyncio.Queue(self._queue.maxsize)
+        self._queue.clear()
         self._queued_bytes = 0
 
     async def _write(self) -> None:
@@ -311,13 +311,13 @@ class SocketConnection:
             if frame is None:
                 return
             self._queued_bytes -= len(frame)
-            self._taken.set()
+            self._taken.notify()
             self._sending_since = loop.time()  # a send that outlasts stall_s is cut (_watch_writer)
             try:
                 await self.ws.send_str(frame)
             except (ConnectionError, RuntimeError):
                 self._closing = True
-                self._taken.set()
+                self._taken.notify()
                 return
             finally:
                 self._sending_since = None
@@ -327,12 +327,11 @@ class SocketConnection:
         """Send what is queued (briefly), then close with the given code."""
         if self._writer is not None and not self._closing:
             self._closing = True
-            with contextlib.suppress(asyncio.QueueFull):
-                self._queue.put_nowait(None)
+            self._queue.put(None)  # past maxsize too: the writer ends after what is queued
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._writer), 2)
         self._closing = True
-        self._taken.set()
+        self._taken.notify()
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
