@@ -111,6 +111,9 @@ runs = Table(
     UniqueConstraint("user_id", "client_message_id", name="uq_runs_user_id_client_message_id"),
     Index("ix_runs_status_lease_expires_at", "status", "lease_expires_at"),
     Index("ix_runs_thread_id_created_at", "thread_id", "created_at"),
+    # A user's unfinished (or waiting) runs, counted at every message: without it, every run the
+    # user ever had was read to count the few unfinished ones (0008).
+    Index("ix_runs_user_id_status", "user_id", "status"),
 )
 
 events = Table(

@@ -85,7 +85,7 @@ async def test_migrate_creates_every_table_and_twice_is_a_no_op(database: Databa
     assert await SqlAlchemyUserRepository(database).get("usr_a") is not None
     async with database.reading() as conn:
         assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).all() == [
-            ("0007",)
+            ("0008",)
         ]
 
 

@@ -138,6 +138,6 @@ async def test_migration_0003_upgrades_and_downgrades(database: Database) -> Non
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
         diff: list[Any] = await conn.run_sync(
             lambda c: compare_metadata(MigrationContext.configure(c), metadata))
-    assert (version, diff) == ("0007", [])
+    assert (version, diff) == ("0008", [])
     again = await users.get("usr_old")
     assert again is not None and again.token_version == 0
