@@ -1,4 +1,4 @@
-"""FrameQueue and Signal: a socket writer's queue and a replay's wait for room, without asyncio.Queue's cost."""
+"""FrameQueue and Signal: a socket writer's queue and a replay's wait for room, cheaper than asyncio's."""
 
 from __future__ import annotations
 
