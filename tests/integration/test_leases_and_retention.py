@@ -337,7 +337,7 @@ async def test_migration_0002_upgrades_and_downgrades(database: Database) -> Non
                              "wait_expires_at"]
     assert after["indexes"] - before["indexes"] == {
         "ix_runs_status_lease_expires_at", "ix_events_ts", "ix_events_thread_id",
-        "ix_runs_thread_id_created_at"}
+        "ix_runs_thread_id_created_at", "ix_runs_user_id_status"}
     repo = SqlAlchemyRunRepository(database)
     migrated = {run_id: await repo.get("usr_a", run_id) for run_id in statuses}
     assert {run_id: (r.owner, r.lease_expires_at) for run_id, r in migrated.items()} == {
