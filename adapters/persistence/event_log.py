@@ -34,12 +34,13 @@ _Event = tuple[AgentEvent, dict[str, Any], "asyncio.Future[AgentEvent]"]
 _NUMBERED_THROUGH = select(func.max(events.c.id), (
     select(func.max(event_log_state.c.value))
     .where(event_log_state.c.name.in_((PRUNED_THROUGH, DELETED_THROUGH))).scalar_subquery()))
-# Built once (an expanding IN): building and compiling it per batch cost more than running it
-# (SQLite; PostgreSQL builds it per batch, see _fence).
+# Built once: building and compiling it per batch cost more than running it (SQLite; PostgreSQL
+# builds it per batch, see _fence). The run ids come as one JSON array, not an expanding IN, which
+# SQLAlchemy re-renders for every batch (276-350 -> 209 µs for 60 runs, measured).
 _FENCE = (select(runs.c.id, runs.c.lease_epoch, runs.c.status,
                  select(func.coalesce(func.max(events.c.seq), 0)).where(events.c.run_id == runs.c.id)
                  .scalar_subquery().label("last_seq"))
-          .where(runs.c.id.in_(bindparam("run_ids", expanding=True))))
+          .where(runs.c.id.in_(select(func.json_each(bindparam("run_ids")).table_valued("value").c.value))))
 _INSERT_EVENTS = insert(events)
 _INSERT_MESSAGES = insert(messages)
 _TOUCH_THREAD = (update(threads).where(threads.c.id == bindparam("thread_id"))
@@ -320,7 +321,7 @@ async def _fence(conn: SqlConnection, staged: list[AgentEvent]) -> dict[str, Exc
                  .where(runs.c.id.in_(held))).with_for_update(of=runs, read=True)
         current = {row.id: row for row in await conn.execute(query)}
     else:
-        current = {row.id: row for row in await conn.execute(_FENCE, {"run_ids": list(held)})}
+        current = {row.id: row for row in await conn.execute(_FENCE, {"run_ids": json.dumps(list(held))})}
     refused: dict[str, Exception] = {}
     for run_id, first in held.items():
         row = current.get(run_id)
