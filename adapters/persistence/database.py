@@ -30,7 +30,6 @@ from sqlalchemy.pool import QueuePool
 
 from adapters.persistence.committer import GroupCommitter, Work
 from adapters.persistence.connection import InlineConnection, SqlConnection, raise_outage_as_domain_error
-from adapters.persistence.wal_checkpoints import WalCheckpointer
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -42,8 +41,6 @@ _SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=2000",
 )
-# A file's checkpoints are WalCheckpointer's, on a thread of its own (wal_checkpoints.py).
-_NO_AUTOCHECKPOINT = "PRAGMA wal_autocheckpoint=0"
 
 def alembic_config(url: str) -> Config:
     """An Alembic config for our migrations and `url`, without an alembic.ini."""
@@ -54,18 +51,15 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def _sqlite_pragmas(*pragmas: str) -> Any:
-    def set_pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            for pragma in pragmas:
-                cursor.execute(pragma)
-        finally:
-            cursor.close()
-        # We emit BEGIN ourselves (below); the driver's own would come too late for IMMEDIATE.
-        dbapi_connection.isolation_level = None
-
-    return set_pragmas
+def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+    # We emit BEGIN ourselves (below); the driver's own would come too late for IMMEDIATE.
+    dbapi_connection.isolation_level = None
 
 
 def _begin_sqlite(conn: Connection) -> None:
@@ -79,22 +73,14 @@ def _upgrade(connection: Connection, config: Config) -> None:
     command.upgrade(config, "head")
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The database file, or None (in memory, or a URI: SQLite's own checkpoints then)."""
-    database = make_url(url).database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        return Path(database).expanduser()
-    return None
-
-
-def _sqlite_engine(url: str, echo: bool, file: Path | None) -> Engine:
+def _sqlite_engine(url: str, echo: bool) -> Engine:
     parsed = make_url(url).set(drivername="sqlite+pysqlite")
-    if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
+    database = parsed.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     # Unbounded overflow: checking a connection out must never wait, which would block the loop.
     engine = create_engine(parsed, echo=echo, poolclass=QueuePool, pool_size=4, max_overflow=-1)
-    pragmas = (*_SQLITE_PRAGMAS, _NO_AUTOCHECKPOINT) if file is not None else _SQLITE_PRAGMAS
-    event.listen(engine, "connect", _sqlite_pragmas(*pragmas))
+    event.listen(engine, "connect", _set_sqlite_pragmas)
     event.listen(engine, "begin", _begin_sqlite)
     return engine
 
@@ -105,12 +91,8 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False, pool_size: int = 20) -> None:
         self._url = url
         self._dialect = make_url(url).get_backend_name()
-        self._checkpoints: WalCheckpointer | None = None
         if self._dialect == "sqlite":
-            file = _sqlite_file(url)
-            self._sqlite: Engine | None = _sqlite_engine(url, echo, file)
-            if file is not None:
-                self._checkpoints = WalCheckpointer(str(file))
+            self._sqlite: Engine | None = _sqlite_engine(url, echo)
             # One writer per SQLite file: a writer that awaits mid-transaction queues the others here.
             self._write_lock: asyncio.Lock | None = asyncio.Lock()
         else:
@@ -145,12 +127,7 @@ class Database:
             if self._disposed:
                 raise RuntimeError("the database was disposed")
             self._committer.start()
-            self._start_checkpoints()
         return self._committer.submit(work)
-
-    def _start_checkpoints(self) -> None:
-        if self._checkpoints is not None and not self._checkpoints.started and not self._disposed:
-            self._checkpoints.start()
 
     async def write(self, work: Work[T]) -> T:
         """Run `work` in a transaction shared with the other writes queued meanwhile; its result.
@@ -177,7 +154,6 @@ class Database:
                     yield conn
                 return
             assert self._write_lock is not None
-            self._start_checkpoints()
             async with self._write_lock:
                 with self._sqlite.connect() as sync:
                     sync = sync.execution_options(**{_IMMEDIATE: True})
@@ -210,8 +186,6 @@ class Database:
         """Commits what is queued, then closes every connection."""
         self._disposed = True
         await self._committer.stop()
-        if self._checkpoints is not None:
-            self._checkpoints.stop()
         if self._sqlite is not None:
             self._sqlite.dispose()
         else:
