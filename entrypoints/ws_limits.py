@@ -60,6 +60,7 @@ def bound_received_frames(limit_bytes: int) -> None:
     memory (CPython's arenas stay while one live object is in them): +14% RSS after 20 sockets'
     resume flood, +3% with 16 KiB (docs/performance.md, "Fair under abuse"). aiohttp offers no
     public way: its reader queue takes the module's chunk size when a socket is upgraded, so this
-    holds for every socket the process upgrades afterwards.
+    holds for every socket the process upgrades afterwards, whichever app upgrades it (the last
+    app created sets it). aiohttp's client keeps its own constant: client sockets are unaffected.
     """
     aiohttp.web_ws.DEFAULT_CHUNK_SIZE = max(1, limit_bytes // 2)
