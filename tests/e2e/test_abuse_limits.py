@@ -374,9 +374,14 @@ async def flood(base_url: str, token: str, seconds: float,
                     reader = asyncio.create_task(read())
                     try:
                         while going():  # as fast as the socket takes them
-                            await ws.send(SPAM)
+                            # The server reads a flooder at its budget's pace, so TCP pushes back
+                            # and a send waits for room: never past the flood's end.
+                            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                                await ws.send(SPAM)
                             counts["chat_sent"] += 1
                             await asyncio.sleep(0)  # the flooder's other tasks run too
+                    except TimeoutError:
+                        counts["send_pushed_back"] += 1
                     finally:
                         reader.cancel()
 

@@ -6,6 +6,8 @@ The rest stays in TCP (the client is pushed back), not in the server's memory: w
 
 from __future__ import annotations
 
+import asyncio
+
 from entrypoints.appkeys import services
 from tests.e2e.client import Server, register, until_ready
 from tests.helpers import eventually
@@ -27,11 +29,19 @@ async def test_a_flooding_socket_has_at_most_its_receive_queue_parsed(make_serve
         connection = await eventually(lambda: next(iter(bridge.connections_of(user.user_id)), None),
                                       what="the server's side of the socket")
         reader = connection.ws._reader  # aiohttp's queue of parsed frames: what this test is about
-        for _ in range(5000):  # ~185 KB: the kernel's buffers take it all, the server reads little
-            await ws.send(FRAME)
-        await eventually(lambda: reader._protocol._reading_paused, what="the server to stop reading")
-        most = limit // (len(FRAME) + AIOHTTP_COUNTS_PER_FRAME) + 1
-        assert len(reader._buffer) <= most, f"{len(reader._buffer)} frames parsed ahead, {most} at most"
-        assert reader._size <= limit + len(FRAME) + AIOHTTP_COUNTS_PER_FRAME
-        ws.transport.abort()  # a close handshake would wait for a server that reads this socket no more
+
+        async def flood() -> None:  # until TCP pushes back (the server reads in its budget's pace)
+            while True:
+                await ws.send(FRAME)
+                await asyncio.sleep(0)  # the server runs on this loop too
+
+        flooding = asyncio.create_task(flood())
+        try:
+            await eventually(lambda: reader._protocol._reading_paused, what="the server to stop reading")
+            most = limit // (len(FRAME) + AIOHTTP_COUNTS_PER_FRAME) + 1
+            assert len(reader._buffer) <= most, f"{len(reader._buffer)} frames parsed ahead, {most} at most"
+            assert reader._size <= limit + len(FRAME) + AIOHTTP_COUNTS_PER_FRAME
+        finally:
+            flooding.cancel()
+            ws.transport.abort()  # a close handshake would wait for a server that reads no more
 
