@@ -37,10 +37,11 @@ _NUMBERED_THROUGH = select(func.max(events.c.id), (
 # Built once: building and compiling it per batch cost more than running it (SQLite; PostgreSQL
 # builds it per batch, see _fence). The run ids come as one JSON array, not an expanding IN, which
 # SQLAlchemy re-renders for every batch (276-350 -> 209 µs for 60 runs, measured).
-_FENCE = (select(runs.c.id, runs.c.lease_epoch, runs.c.status,
-                 select(func.coalesce(func.max(events.c.seq), 0)).where(events.c.run_id == runs.c.id)
-                 .scalar_subquery().label("last_seq"))
-          .where(runs.c.id.in_(select(func.json_each(bindparam("run_ids")).table_valued("value").c.value))))
+_FENCE_READ = select(runs.c.id, runs.c.lease_epoch, runs.c.status,
+                     select(func.coalesce(func.max(events.c.seq), 0)).where(events.c.run_id == runs.c.id)
+                     .scalar_subquery().label("last_seq"))
+_FENCE = _FENCE_READ.where(
+    runs.c.id.in_(select(func.json_each(bindparam("run_ids")).table_valued("value").c.value)))
 _INSERT_EVENTS = insert(events)
 _INSERT_MESSAGES = insert(messages)
 _TOUCH_THREAD = (update(threads).where(threads.c.id == bindparam("thread_id"))
@@ -315,10 +316,7 @@ async def _fence(conn: SqlConnection, staged: list[AgentEvent]) -> dict[str, Exc
         # IN) made runs end 7-9 s after a database outage instead of within 6 under load
         # (tests/e2e/test_faults_under_load.py [postgres] beside stress-ng, 3 of 3 tries; built per
         # batch, it passes). Not understood yet; SQLite, where the cost was measured, keeps it.
-        last_seq = (select(func.coalesce(func.max(events.c.seq), 0)).where(events.c.run_id == runs.c.id)
-                    .scalar_subquery())
-        query = (select(runs.c.id, runs.c.lease_epoch, runs.c.status, last_seq.label("last_seq"))
-                 .where(runs.c.id.in_(held))).with_for_update(of=runs, read=True)
+        query = _FENCE_READ.where(runs.c.id.in_(held)).with_for_update(of=runs, read=True)
         current = {row.id: row for row in await conn.execute(query)}
     else:
         current = {row.id: row for row in await conn.execute(_FENCE, {"run_ids": json.dumps(list(held))})}
