@@ -18,7 +18,7 @@ from domain.events import (
     AgentThinking,
 )
 from tests.fakes import FixedClock
-from tests.helpers import eventually
+from tests.helpers import DEFAULT_TIMEOUT_S, eventually
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -90,7 +90,7 @@ async def test_a_run_waits_once_too_many_events_are_in_flight() -> None:
     await asyncio.sleep(0.01)
     assert not blocked.done()  # bounded: a fast model cannot queue events without limit
     publisher.store_all()
-    await asyncio.wait_for(blocked, 1)
+    await asyncio.wait_for(blocked, DEFAULT_TIMEOUT_S)  # a deadline, not a window: it ends when stored
 
 
 async def test_a_cancelled_run_does_not_cancel_the_storing_of_its_events() -> None:
@@ -177,5 +177,5 @@ async def test_deltas_alone_still_wait_once_too_many_of_their_windows_are_in_fli
     publisher.store_all()
     await eventually(lambda: len(publisher.handed) == MAX_IN_FLIGHT + 1, what="the last window sent")
     publisher.store_all()
-    await asyncio.wait_for(blocked, 1)
+    await asyncio.wait_for(blocked, DEFAULT_TIMEOUT_S)  # a deadline, not a window: it ends when stored
     assert [event.seq for event, _ in publisher.handed] == list(range(1, MAX_IN_FLIGHT + 2))
